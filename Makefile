@@ -7,7 +7,7 @@ DESTDIR ?=
 E2E     ?= 1
 FUZZTIME ?= 60s
 FUZZLONG ?= 5m
-DEBS    := ostree e2fsprogs attr util-linux systemd
+DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi
 
 .PHONY: all deps build test demo bench fuzz fuzz-long stress install clean vet
 

@@ -1,0 +1,471 @@
+package finalize
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sentinels of the /etc merge. Every error of this package that is not an
+// I/O error of the named file wraps one of these (or ostree.ErrCorrupt for
+// bytes read from disk).
+var (
+	// ErrUnsafe: an operation would follow a symbolic link or leave the
+	// target directory. ostree would follow such links; we refuse and let
+	// the caller fall back to ostree's own behaviour ("do less").
+	ErrUnsafe = errors.New("unsafe path")
+	// ErrNewDefaultDir is ostree's "Modified config file newly defaults to
+	// directory" error: the new etc has a directory where the booted etc
+	// has a modified non-directory. ostree's finalization fails on it.
+	ErrNewDefaultDir = errors.New("modified config file newly defaults to directory")
+	// ErrNotCopyable is libglnx's "Cannot copy non-regular/non-symlink
+	// file": a fifo, socket or device inside a directory that the merge
+	// copies whole. ostree's finalization fails on it.
+	ErrNotCopyable = errors.New("cannot copy non-regular/non-symlink file")
+	// ErrBadPath: a relative path given to us is not a clean path inside etc.
+	ErrBadPath = errors.New("bad path")
+)
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string
+	Value []byte
+}
+
+// Attr is the metadata the merge gives a written entry.
+type Attr struct {
+	Mode     uint32 // permission bits (07777); ignored for symlinks
+	UID, GID uint32
+	// Xattrs are set in this order. For directories, ExactXattrs removes
+	// any other attribute the directory already has.
+	Xattrs      []Xattr
+	ExactXattrs bool
+	// Times: regular files get Atime/Mtime when SetTimes (libglnx's
+	// glnx_file_copy_at preserves them; directories and symlinks it does not).
+	Atime, Mtime unix.Timespec
+	SetTimes     bool
+}
+
+// FS is the only way the merge writes. Every function receives a directory
+// fd that was opened beneath the target etc without following any symlink
+// (see target.openDir) and a single name component, never a path: nothing
+// handed to an FS can address a file outside the target directory, which is
+// how the booted etc and usr/etc are structurally never written.
+//
+// Tests copy RealFS() and replace one field to inject a failure.
+type FS struct {
+	// WriteFileAtomic writes src as name in dir, whole: a temporary file in
+	// dir gets the content, owner, xattrs, mode, times and an fsync, and is
+	// then renamed over name. A reader (or a crash) sees the old entry or
+	// the complete new one, never a truncated file.
+	WriteFileAtomic func(dir *os.File, name string, src io.Reader, a Attr) error
+	// SymlinkAtomic creates a symlink to target as a temporary name in dir,
+	// sets xattrs and owner (no-follow), and renames it over name.
+	SymlinkAtomic func(dir *os.File, name, target string, a Attr) error
+	// Mkdir creates name in dir with mode (attributes are set afterwards
+	// through SetDirAttr, as ostree does with its 0700 mkdirat).
+	Mkdir func(dir *os.File, name string, mode uint32) error
+	// SetDirAttr sets xattrs, then owner, then mode on an open directory, in
+	// the order of ostree's dirfd_copy_attributes_and_xattrs.
+	SetDirAttr func(d *os.File, a Attr) error
+	// Remove unlinks a non-directory entry.
+	Remove func(dir *os.File, name string) error
+	// RemoveAll removes name recursively without following symlinks; a
+	// missing name is not an error (glnx_shutil_rm_rf_at).
+	RemoveAll func(dir *os.File, name string) error
+	// Fsync flushes one open file or directory (for callers that need one
+	// directory durable; the merge itself ends with Syncfs).
+	Fsync func(f *os.File) error
+	// Syncfs flushes the whole filesystem holding f. The merge ends with
+	// one Syncfs on the target: each written file was already fsynced
+	// before its rename (so it is whole), and one syncfs then makes every
+	// rename, mkdir and unlink durable at once, which is much cheaper than
+	// an fsync of every parent directory after every write and gives the
+	// same guarantee at the point that matters (when Merge returns).
+	Syncfs func(f *os.File) error
+}
+
+// RealFS is the FS on the real disk.
+func RealFS() FS {
+	return FS{
+		WriteFileAtomic: realWriteFileAtomic,
+		SymlinkAtomic:   realSymlinkAtomic,
+		Mkdir: func(dir *os.File, name string, mode uint32) error {
+			if err := unix.Mkdirat(int(dir.Fd()), name, mode); err != nil {
+				return &os.PathError{Op: "mkdirat", Path: name, Err: err}
+			}
+			return nil
+		},
+		SetDirAttr: realSetDirAttr,
+		Remove: func(dir *os.File, name string) error {
+			if err := unix.Unlinkat(int(dir.Fd()), name, 0); err != nil {
+				return &os.PathError{Op: "unlinkat", Path: name, Err: err}
+			}
+			return nil
+		},
+		RemoveAll: realRemoveAll,
+		Fsync:     func(f *os.File) error { return f.Sync() },
+		Syncfs: func(f *os.File) error {
+			if err := unix.Syncfs(int(f.Fd())); err != nil {
+				return &os.PathError{Op: "syncfs", Path: f.Name(), Err: err}
+			}
+			return nil
+		},
+	}
+}
+
+var tmpCounter atomic.Uint64
+
+// tmpName is a name in dir that does not exist yet; O_EXCL/symlinkat
+// catch the rare collision and the caller retries.
+func tmpName() string {
+	return ".prefinalize-tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(tmpCounter.Add(1), 36)
+}
+
+func procPath(dir *os.File, name string) string {
+	return "/proc/self/fd/" + strconv.Itoa(int(dir.Fd())) + "/" + name
+}
+
+func realWriteFileAtomic(dir *os.File, name string, src io.Reader, a Attr) (err error) {
+	dfd := int(dir.Fd())
+	var tmp string
+	var fd int
+	for i := 0; ; i++ {
+		tmp = tmpName()
+		fd, err = unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0600)
+		if err == unix.EEXIST && i < 100 {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "create temporary file for", Path: name, Err: err}
+		}
+		break
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	defer func() {
+		if err != nil {
+			f.Close()
+			// The temporary name is ours alone; removing it undoes the write.
+			_ = unix.Unlinkat(dfd, tmp, 0)
+		}
+	}()
+	if _, err = io.Copy(f, src); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	// Order of glnx_file_copy_at: owner, xattrs, then mode (a 0400 file
+	// still accepts fsetxattr through the open fd before fchmod), times.
+	if err = unix.Fchown(fd, int(a.UID), int(a.GID)); err != nil {
+		return &os.PathError{Op: "fchown", Path: name, Err: err}
+	}
+	for _, x := range a.Xattrs {
+		if err = unix.Fsetxattr(fd, x.Name, x.Value, 0); err != nil {
+			return &os.PathError{Op: "fsetxattr " + x.Name, Path: name, Err: err}
+		}
+	}
+	if err = unix.Fchmod(fd, a.Mode&07777); err != nil {
+		return &os.PathError{Op: "fchmod", Path: name, Err: err}
+	}
+	if a.SetTimes {
+		ts := []unix.Timespec{a.Atime, a.Mtime}
+		if err = unix.UtimesNanoAt(dfd, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &os.PathError{Op: "utimensat", Path: name, Err: err}
+		}
+	}
+	// fsync before rename: after the rename the name must never point at
+	// a file whose data is not on disk yet.
+	if err = f.Sync(); err != nil {
+		return &os.PathError{Op: "fsync", Path: name, Err: err}
+	}
+	if err = f.Close(); err != nil {
+		return &os.PathError{Op: "close", Path: name, Err: err}
+	}
+	if err = unix.Renameat(dfd, tmp, dfd, name); err != nil {
+		return &os.PathError{Op: "rename", Path: name, Err: err}
+	}
+	return nil
+}
+
+func realSymlinkAtomic(dir *os.File, name, target string, a Attr) (err error) {
+	dfd := int(dir.Fd())
+	var tmp string
+	for i := 0; ; i++ {
+		tmp = tmpName()
+		err = unix.Symlinkat(target, dfd, tmp)
+		if err == unix.EEXIST && i < 100 {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "symlinkat", Path: name, Err: err}
+		}
+		break
+	}
+	defer func() {
+		if err != nil {
+			_ = unix.Unlinkat(dfd, tmp, 0)
+		}
+	}()
+	// copy_symlink_at: xattrs, then owner, both without following.
+	for _, x := range a.Xattrs {
+		if err = unix.Lsetxattr(procPath(dir, tmp), x.Name, x.Value, 0); err != nil {
+			return &os.PathError{Op: "lsetxattr " + x.Name, Path: name, Err: err}
+		}
+	}
+	if err = unix.Fchownat(dfd, tmp, int(a.UID), int(a.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "fchownat", Path: name, Err: err}
+	}
+	if err = unix.Renameat(dfd, tmp, dfd, name); err != nil {
+		return &os.PathError{Op: "rename", Path: name, Err: err}
+	}
+	return nil
+}
+
+func realSetDirAttr(d *os.File, a Attr) error {
+	fd := int(d.Fd())
+	if a.ExactXattrs {
+		have, err := fdXattrNames(fd)
+		if err != nil {
+			return &os.PathError{Op: "flistxattr", Path: d.Name(), Err: err}
+		}
+		want := map[string]bool{}
+		for _, x := range a.Xattrs {
+			want[x.Name] = true
+		}
+		for _, n := range have {
+			if !want[n] {
+				if err := unix.Fremovexattr(fd, n); err != nil && err != unix.ENODATA {
+					return &os.PathError{Op: "fremovexattr " + n, Path: d.Name(), Err: err}
+				}
+			}
+		}
+	}
+	for _, x := range a.Xattrs {
+		if err := unix.Fsetxattr(fd, x.Name, x.Value, 0); err != nil {
+			return &os.PathError{Op: "fsetxattr " + x.Name, Path: d.Name(), Err: err}
+		}
+	}
+	if err := unix.Fchown(fd, int(a.UID), int(a.GID)); err != nil {
+		return &os.PathError{Op: "fchown", Path: d.Name(), Err: err}
+	}
+	if err := unix.Fchmod(fd, a.Mode&07777); err != nil {
+		return &os.PathError{Op: "fchmod", Path: d.Name(), Err: err}
+	}
+	return nil
+}
+
+func fdXattrNames(fd int) ([]string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Flistxattr(fd, buf)
+		if err == unix.ERANGE && size < 1<<20 {
+			continue
+		}
+		if err == unix.ENOTSUP {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return splitNames(buf[:n]), nil
+	}
+}
+
+func splitNames(b []byte) []string {
+	var out []string
+	for _, s := range strings.Split(string(b), "\x00") {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// realRemoveAll is glnx_shutil_rm_rf_at on (dir, name): open without
+// following; a directory is emptied depth-first, anything else unlinked.
+func realRemoveAll(dir *os.File, name string) error {
+	dfd := int(dir.Fd())
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	switch {
+	case err == unix.ENOENT:
+		return nil
+	case err == unix.ENOTDIR || err == unix.ELOOP:
+		if err := unix.Unlinkat(dfd, name, 0); err != nil && err != unix.ENOENT {
+			return &os.PathError{Op: "unlinkat", Path: name, Err: err}
+		}
+		return nil
+	case err != nil:
+		return &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	sub := os.NewFile(uintptr(fd), name)
+	defer sub.Close()
+	names, err := sub.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", name, err)
+	}
+	for _, n := range names {
+		if err := realRemoveAll(sub, n); err != nil {
+			return fmt.Errorf("%s/%w", name, err)
+		}
+	}
+	if err := unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR); err != nil && err != unix.ENOENT {
+		return &os.PathError{Op: "rmdir", Path: name, Err: err}
+	}
+	return nil
+}
+
+// target is the directory the merge writes (the new deployment's etc),
+// held open by fd. Every path below it is opened component by component
+// without following symlinks.
+type target struct {
+	root *os.File
+	fs   FS
+}
+
+func openTarget(path string, fs FS) (*target, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening target etc %s: %w", path, err)
+	}
+	return &target{root: os.NewFile(uintptr(fd), path), fs: fs}, nil
+}
+
+func (t *target) Close() error { return t.root.Close() }
+
+// checkRel validates a path relative to etc: clean, no "..", no leading
+// slash, no empty or "." components. Names may hold any other bytes
+// (newlines, invalid UTF-8): Linux allows them and so does ostree.
+func checkRel(rel string) error {
+	if rel == "" {
+		return nil
+	}
+	if strings.HasPrefix(rel, "/") || strings.HasSuffix(rel, "/") || strings.ContainsRune(rel, 0) {
+		return fmt.Errorf("path %q: %w", rel, ErrBadPath)
+	}
+	for _, c := range strings.Split(rel, "/") {
+		if c == "" || c == "." || c == ".." {
+			return fmt.Errorf("path %q: %w", rel, ErrBadPath)
+		}
+		if len(c) > 255 {
+			return fmt.Errorf("path %q: component longer than 255 bytes: %w", rel, ErrBadPath)
+		}
+	}
+	return nil
+}
+
+// openDir opens rel (a directory below the root) without following any
+// symlink: openat2 with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS when the kernel
+// has it, else an O_NOFOLLOW walk. A symlink or a non-directory on the way
+// is ErrUnsafe: ostree would follow it, we do less.
+func (t *target) openDir(rel string) (*os.File, error) {
+	if err := checkRel(rel); err != nil {
+		return nil, err
+	}
+	if rel == "" {
+		fd, err := unix.Dup(int(t.root.Fd()))
+		if err != nil {
+			return nil, fmt.Errorf("dup %s: %w", t.root.Name(), err)
+		}
+		unix.CloseOnExec(fd)
+		return os.NewFile(uintptr(fd), t.root.Name()), nil
+	}
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	fd, err := unix.Openat2(int(t.root.Fd()), rel, &how)
+	if err == unix.ENOSYS {
+		return t.walkDir(rel)
+	}
+	if err != nil {
+		return nil, t.dirErr(rel, err)
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(t.root.Name(), rel)), nil
+}
+
+func (t *target) dirErr(rel string, err error) error {
+	full := filepath.Join(t.root.Name(), rel)
+	switch err {
+	case unix.ELOOP, unix.EXDEV, unix.ENOTDIR:
+		return fmt.Errorf("%s: a component is a symlink or not a directory (%v): %w", full, err, ErrUnsafe)
+	}
+	return &os.PathError{Op: "open directory", Path: full, Err: err}
+}
+
+func (t *target) walkDir(rel string) (*os.File, error) {
+	cur, err := t.openDir("")
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range strings.Split(rel, "/") {
+		fd, err := unix.Openat(int(cur.Fd()), c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		cur.Close()
+		if err != nil {
+			return nil, t.dirErr(rel, err)
+		}
+		cur = os.NewFile(uintptr(fd), filepath.Join(t.root.Name(), rel))
+	}
+	return cur, nil
+}
+
+// parent opens the directory holding rel and returns it with rel's last
+// component.
+func (t *target) parent(rel string) (*os.File, string, error) {
+	if rel == "" {
+		return nil, "", fmt.Errorf("the etc root itself has no parent: %w", ErrBadPath)
+	}
+	if err := checkRel(rel); err != nil {
+		return nil, "", err
+	}
+	dir, name := splitRel(rel)
+	d, err := t.openDir(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	return d, name, nil
+}
+
+// lstat of rel below the root; ok false when it does not exist. A symlink
+// among the parents is ErrUnsafe.
+func (t *target) lstat(rel string) (st unix.Stat_t, ok bool, err error) {
+	if rel == "" {
+		err = unix.Fstat(int(t.root.Fd()), &st)
+		return st, err == nil, err
+	}
+	d, name, err := t.parent(rel)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return st, false, nil
+		}
+		return st, false, err
+	}
+	defer d.Close()
+	err = unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == unix.ENOENT {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, &os.PathError{Op: "lstat", Path: filepath.Join(t.root.Name(), rel), Err: err}
+	}
+	return st, true, nil
+}
+
+func splitRel(rel string) (dir, name string) {
+	i := strings.LastIndexByte(rel, '/')
+	if i < 0 {
+		return "", rel
+	}
+	return rel[:i], rel[i+1:]
+}
+
+func joinRel(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}

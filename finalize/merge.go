@@ -1,0 +1,303 @@
+package finalize
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Report says what a full merge did.
+type Report struct {
+	Modified, Removed, Added int
+	// Message is ostree's journal line ("Copying /etc changes: ...").
+	Message string
+	// Ignored are the fifos, sockets and devices that ostree logs as
+	// "Ignoring non-regular/non-symlink file found during /etc merge".
+	// ostree unlinks whatever the new etc had at such a path before
+	// ignoring it, and so do we.
+	Ignored []string
+}
+
+// Merge is ostree's merge_configuration_from: the changes from orig (the
+// booted usr/etc) to modified (the booted etc) are applied to newEtc (the
+// staged deployment's etc): removed paths are removed recursively, then
+// modified and then added paths are copied from modified (directories
+// recursively; every parent of a copied path gets the modified parent's
+// xattrs, owner and mode, missing parents are created). The result is the
+// etc that ostree 2022.7's finalize-staged produces, entry by entry
+// (type, mode, uid, gid, xattrs, content, symlink target, mtime of regular
+// files).
+//
+// Differences from ostree, all on the side of doing less: before the first
+// write, the whole outcome is planned against newEtc, so ostree's fatal
+// conditions (ErrNewDefaultDir, ErrNotCopyable, a non-directory parent)
+// return an error with newEtc untouched where ostree would fail half-way;
+// and a symlink among the parents of a path in newEtc is ErrUnsafe where
+// ostree would follow it.
+func Merge(ctx context.Context, fs FS, orig, modified, newEtc string) (Report, error) {
+	var rep Report
+	ch, err := Diff(ctx, orig, modified)
+	if err != nil {
+		return rep, fmt.Errorf("computing /etc diff: %w", err)
+	}
+	rep.Modified, rep.Removed, rep.Added = len(ch.Modified), len(ch.Removed), len(ch.Added)
+	rep.Message = ch.Message()
+
+	t, err := openTarget(newEtc, fs)
+	if err != nil {
+		return rep, err
+	}
+	defer t.Close()
+
+	// Preflight: the desired state of the whole tree, computed against
+	// newEtc as it is now, fails exactly where ostree's merge would.
+	pl := &planner{ctx: ctx, orig: orig, modified: modified, base: newEtc}
+	if _, err := pl.plan("", false); err != nil {
+		return rep, err
+	}
+
+	m := &porter{ctx: ctx, t: t, orig: orig, modified: modified, rep: &rep}
+	for _, p := range ch.Removed {
+		if err := m.removeAll(p); err != nil {
+			return rep, err
+		}
+	}
+	for _, p := range append(append([]string(nil), ch.Modified...), ch.Added...) {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		if err := m.copyModified(p); err != nil {
+			return rep, err
+		}
+	}
+	if err := fs.Syncfs(t.root); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// porter is the literal port of ostree's copy functions onto a target.
+type porter struct {
+	ctx      context.Context
+	t        *target
+	orig     string
+	modified string
+	rep      *Report
+}
+
+func (m *porter) removeAll(p string) error {
+	d, name, err := m.t.parent(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // glnx_shutil_rm_rf_at: ENOENT is success
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := m.t.fs.RemoveAll(d, name); err != nil {
+		return fmt.Errorf("removing %s: %w", filepath.Join(m.t.root.Name(), p), err)
+	}
+	return nil
+}
+
+// copyModified is copy_modified_config_file.
+func (m *porter) copyModified(p string) error {
+	sm, ok, err := lstatAt(m.modified, p)
+	if err != nil {
+		return fmt.Errorf("reading modified config file: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("reading modified config file %s: %w", filepath.Join(m.modified, p), os.ErrNotExist)
+	}
+	if dir, _ := splitRel(p); dir != "" {
+		if err := m.ensureDirFromTemplate(dir); err != nil {
+			return err
+		}
+	}
+	sn, ok, err := m.t.lstat(p)
+	if err != nil {
+		return err
+	}
+	if ok && isDir(&sn) {
+		if !isDir(&sm) {
+			return fmt.Errorf("%s: %w, cannot merge", p, ErrNewDefaultDir)
+		}
+		return nil // ostree assumes the parent was copied recursively
+	}
+	d, name, err := m.t.parent(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if ok {
+		if err := m.t.fs.Remove(d, name); err != nil {
+			return fmt.Errorf("removing %s: %w", filepath.Join(m.t.root.Name(), p), err)
+		}
+	}
+	switch sm.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return m.copyDirRecurse(d, name, p)
+	case unix.S_IFREG, unix.S_IFLNK:
+		return copyEntry(m.t.fs, m.modified, p, &sm, d, name, true)
+	default:
+		m.rep.Ignored = append(m.rep.Ignored, p)
+		return nil
+	}
+}
+
+// ensureDirFromTemplate is ensure_directory_from_template: create dir (and
+// missing parents) in the target, and in every case copy the modified
+// directory's xattrs, owner and mode onto it.
+func (m *porter) ensureDirFromTemplate(dir string) error {
+	src, ok, err := lstatAt(m.modified, dir)
+	if err != nil {
+		return err
+	}
+	if !ok || !isDir(&src) {
+		return fmt.Errorf("modified %s: not a directory: %w", filepath.Join(m.modified, dir), os.ErrNotExist)
+	}
+	pd, name, err := m.t.parent(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		up, _ := splitRel(dir)
+		if up == "" {
+			return err
+		}
+		if err := m.ensureDirFromTemplate(up); err != nil {
+			return err
+		}
+		pd, name, err = m.t.parent(dir)
+	}
+	if err != nil {
+		return err
+	}
+	defer pd.Close()
+	if err := m.t.fs.Mkdir(pd, name, 0700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("creating %s: %w", filepath.Join(m.t.root.Name(), dir), err)
+	}
+	return m.copyDirAttr(dir)
+}
+
+func (m *porter) copyDirAttr(dir string) error {
+	a, err := dirAttr(m.modified, dir)
+	if err != nil {
+		return err
+	}
+	d, err := m.t.openDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := m.t.fs.SetDirAttr(d, a); err != nil {
+		return fmt.Errorf("copying attributes of %s: %w", dir, err)
+	}
+	return nil
+}
+
+// copyDirRecurse is copy_dir_recurse from modified/p into (parent, name).
+func (m *porter) copyDirRecurse(parent *os.File, name, p string) error {
+	if err := m.ctx.Err(); err != nil {
+		return err
+	}
+	if err := m.t.fs.Mkdir(parent, name, 0700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("creating %s: %w", filepath.Join(m.t.root.Name(), p), err)
+	}
+	if err := m.copyDirAttr(p); err != nil {
+		return err
+	}
+	d, err := m.t.openDir(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	names, err := readNames(m.modified, p)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		c := joinRel(p, n)
+		st, ok, err := lstatAt(m.modified, c)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%s: %w", filepath.Join(m.modified, c), os.ErrNotExist)
+		}
+		if isDir(&st) {
+			if err := m.copyDirRecurse(d, n, c); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := copyEntry(m.t.fs, m.modified, c, &st, d, n, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyEntry is glnx_file_copy_at with GLNX_FILE_COPY_OVERWRITE from
+// srcRoot/p (lstat st) to (dir, name): regular files with content, owner,
+// xattrs, mode and atime/mtime; symlinks with target, xattrs and owner;
+// anything else is ErrNotCopyable.
+//
+// keepTimes false leaves the times to the kernel (now): for entries taken
+// from the new defaults, whose usr/etc copy has the repository's mtime
+// (0) while ostree's checkout of etc has the time of the checkout.
+func copyEntry(fs FS, srcRoot, p string, st *unix.Stat_t, dir *os.File, name string, keepTimes bool) error {
+	src := filepath.Join(srcRoot, p)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		f, err := openNoFollow(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		xs, err := readXattrs(src)
+		if err != nil {
+			return err
+		}
+		a := Attr{Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: xs,
+			Atime: st.Atim, Mtime: st.Mtim, SetTimes: keepTimes}
+		if err := fs.WriteFileAtomic(dir, name, f, a); err != nil {
+			return fmt.Errorf("copying %s: %w", p, err)
+		}
+		return nil
+	case unix.S_IFLNK:
+		target, err := os.Readlink(src)
+		if err != nil {
+			return err
+		}
+		xs, err := readXattrs(src)
+		if err != nil {
+			return err
+		}
+		if err := fs.SymlinkAtomic(dir, name, target, Attr{UID: st.Uid, GID: st.Gid, Xattrs: xs}); err != nil {
+			return fmt.Errorf("copying %s: %w", p, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("copying %s: %w", src, ErrNotCopyable)
+}
+
+func dirAttr(root, p string) (Attr, error) {
+	st, ok, err := lstatAt(root, p)
+	if err != nil {
+		return Attr{}, err
+	}
+	if !ok || !isDir(&st) {
+		return Attr{}, fmt.Errorf("%s: not a directory: %w", filepath.Join(root, p), os.ErrNotExist)
+	}
+	xs, err := readXattrs(filepath.Join(root, p))
+	if err != nil {
+		return Attr{}, err
+	}
+	return Attr{Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: xs}, nil
+}
+
+func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
+func isReg(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFREG }
+func isLnk(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFLNK }

@@ -1,0 +1,223 @@
+package prune
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+)
+
+// Deleter removes loose objects. The repository binding implements it over
+// the objects directory; tests record or break calls.
+type Deleter interface {
+	// Delete unlinks one object. An object that is already gone is not an
+	// error (a resumed run meets the objects the interrupted one removed).
+	// For a commit, the binding also removes its state/<csum>.commitpartial
+	// marker, as ostree's prune does.
+	Delete(o ostree.ObjectName) error
+	// Tombstone is called right after a commit is deleted (also when it was
+	// already gone, so a run interrupted between the two steps is completed).
+	// The binding writes a .commit-tombstone exactly when the repository
+	// config sets core.tombstone-commits=true, as ostree_repo_delete_object
+	// does, and otherwise does nothing.
+	Tombstone(commit ostree.Checksum) error
+	// Sync makes the deletions so far durable (syncfs). Execute calls it
+	// between phases so that the order of safety invariant 2 also holds
+	// after a power loss, not only after a crash of this process.
+	Sync() error
+}
+
+// LiveRoots is the repository as it is at deletion time (with the
+// exclusive repository lock held by the caller, so nothing can add a root
+// while Execute runs).
+type LiveRoots interface {
+	// LiveRoots returns the current root commits (refs and deployments).
+	LiveRoots(ctx context.Context) ([]ostree.ObjectName, error)
+	// Children walks the live repository, as a ChildrenFunc.
+	Children(ctx context.Context, o ostree.ObjectName, emit func(ostree.ObjectName)) error
+}
+
+// Result says what one Execute run did. Counts are for this run only; the
+// plan itself remembers progress across runs.
+type Result struct {
+	// RootsChanged is true when the live roots hash differed from the
+	// plan's; NewRoots is how many live roots were not in the plan.
+	RootsChanged bool `json:"roots_changed"`
+	NewRoots     int  `json:"new_roots"`
+	// Deleted and BytesFreed count objects whose deletion succeeded in this
+	// run (an object already gone counts with its planned size).
+	Deleted    int    `json:"deleted"`
+	BytesFreed uint64 `json:"bytes_freed"`
+	// KeptLive counts planned objects dropped from the plan because a new
+	// root reaches them; KeptBytes is their planned size.
+	KeptLive  int    `json:"kept_live"`
+	KeptBytes uint64 `json:"kept_bytes"`
+	// Remaining is how many entries are still to delete (0 when done).
+	Remaining int `json:"remaining"`
+}
+
+// Execution phases, in order (safety invariant 2): a commit goes before
+// anything it references, its detached metadata included (ostree unlinks
+// the .commitmeta first; we do it after, so that no commit is ever on disk
+// without its signatures; a .commitmeta left alone by an interruption is
+// inert and stays in the plan), dirtrees before what they reference
+// (dirmeta and content, deleted last).
+func phaseOf(t ostree.ObjectType) int {
+	switch t {
+	case ostree.ObjCommit:
+		return 0
+	case ostree.ObjCommitMeta:
+		return 1
+	case ostree.ObjDirTree:
+		return 2
+	default:
+		return 3
+	}
+}
+
+const nPhases = 4
+
+// Execute deletes the plan's objects that are still unreachable.
+//
+// Before deleting anything it validates every entry (one bad entry rejects
+// the plan) and compares RootsHash(live roots) with the plan's. When they
+// differ, it walks only the live roots that are not among the plan's roots
+// and drops every object they reach from the plan (counted in KeptLive); a
+// root that disappeared only makes more objects unreachable, which the plan
+// leaves alone. Any error there deletes nothing.
+//
+// Then it deletes, in order: commits (each followed by Tombstone),
+// .commitmeta, dirtrees, then dirmeta and content, calling Sync between phases
+// that follow deletions, so that at every instant no commit on disk lacks a
+// child. (Within the tree phase the order is by checksum, so an unreachable
+// dirtree may briefly outlive an unreachable subdirectory; nothing
+// reachable refers to either.) ctx is checked before every object: on cancellation Execute stops
+// at once and returns ctx's error with the counts so far. A Delete error
+// stops it too, naming the object. Either way the plan records which
+// entries are done, and Execute may be called again on the same plan to
+// finish (Remaining lists what is left).
+//
+// progress, if not nil, is called after every object with the number of
+// entries done (deleted or kept) and the plan's size.
+func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, progress func(done, total int)) (Result, error) {
+	var res Result
+	if err := p.Validate(); err != nil {
+		return res, err
+	}
+	total := len(p.entries)
+	done := 0
+	for _, e := range p.entries {
+		if e.state != statePending {
+			done++
+		}
+	}
+	finish := func(err error) (Result, error) {
+		res.Remaining = total - done
+		return res, err
+	}
+	if err := ctx.Err(); err != nil {
+		return finish(err)
+	}
+	roots, err := live.LiveRoots(ctx)
+	if err != nil {
+		return finish(fmt.Errorf("live roots: %w", err))
+	}
+	if RootsHash(roots) != p.RootsHash {
+		res.RootsChanged = true
+		var fresh []ostree.ObjectName
+		for _, r := range roots {
+			if _, found := slices.BinarySearchFunc(p.Roots, r, compareNames); !found {
+				fresh = append(fresh, r)
+			}
+		}
+		res.NewRoots = len(fresh)
+		if len(fresh) > 0 {
+			reach, err := Reachable(ctx, fresh, live.Children)
+			if err != nil {
+				return finish(fmt.Errorf("walking new roots: %w", err))
+			}
+			for i := range p.entries {
+				e := &p.entries[i]
+				if e.state == statePending && reach.Has(e.Name()) {
+					e.state = stateKept
+					res.KeptLive++
+					res.KeptBytes += e.Size
+					done++
+				}
+			}
+		}
+	}
+	if progress != nil && done > 0 {
+		progress(done, total)
+	}
+
+	// Whether some earlier phase has deletions that may not be durable yet
+	// (from this run or from an interrupted one whose sync we cannot know).
+	unsynced := false
+	for ph := 0; ph < nPhases; ph++ {
+		if ph >= 2 && unsynced {
+			// Commits must be gone durably before their trees go, and
+			// trees before content. Between commits and their detached
+			// metadata a process crash suffices (a .commitmeta that
+			// outlives its commit after a power loss is inert).
+			if err := deleter.Sync(); err != nil {
+				return finish(fmt.Errorf("sync before deleting %s: %w", phaseName(ph), err))
+			}
+			unsynced = false
+		}
+		for i := range p.entries {
+			e := &p.entries[i]
+			if phaseOf(e.Type) != ph {
+				continue
+			}
+			if e.state == stateDeleted {
+				unsynced = true
+				continue
+			}
+			if e.state != statePending {
+				continue
+			}
+			select {
+			case <-ctx.Done():
+				return finish(ctx.Err())
+			default:
+			}
+			name := e.Name()
+			if err := deleter.Delete(name); err != nil {
+				return finish(fmt.Errorf("delete object %s: %w", p.ObjectString(*e), err))
+			}
+			unsynced = true
+			if e.Type == ostree.ObjCommit {
+				if err := deleter.Tombstone(e.Checksum); err != nil {
+					return finish(fmt.Errorf("tombstone for commit %s: %w", e.Checksum, err))
+				}
+			}
+			e.state = stateDeleted
+			res.Deleted++
+			res.BytesFreed += e.Size
+			done++
+			if progress != nil {
+				progress(done, total)
+			}
+		}
+	}
+	if unsynced {
+		if err := deleter.Sync(); err != nil {
+			return finish(fmt.Errorf("sync after deleting: %w", err))
+		}
+	}
+	return finish(nil)
+}
+
+func phaseName(ph int) string {
+	switch ph {
+	case 0:
+		return "commits"
+	case 1:
+		return "commitmeta"
+	case 2:
+		return "dirtrees"
+	}
+	return "dirmeta and content"
+}

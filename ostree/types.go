@@ -21,7 +21,7 @@ const (
 	ObjDirTree         ObjectType = 2 // .dirtree
 	ObjDirMeta         ObjectType = 3 // .dirmeta
 	ObjCommit          ObjectType = 4 // .commit
-	ObjTombstoneCommit ObjectType = 5 // .commit-tombstone
+	ObjTombstoneCommit ObjectType = 5 // .tombstone-commit (ostree-core.h says .commit-tombstone; the code writes this)
 	ObjCommitMeta      ObjectType = 6 // .commitmeta
 	ObjPayloadLink     ObjectType = 7 // .payload-link
 	ObjFileXattrs      ObjectType = 8 // .file-xattrs
@@ -41,7 +41,7 @@ func (t ObjectType) String() string {
 	case ObjCommit:
 		return "commit"
 	case ObjTombstoneCommit:
-		return "commit-tombstone"
+		return "tombstone-commit"
 	case ObjCommitMeta:
 		return "commitmeta"
 	case ObjPayloadLink:

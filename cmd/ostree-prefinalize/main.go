@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -41,7 +42,7 @@ func run(ctx context.Context, args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "ostree-prefinalize: %v\n", err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 		return 2
 	}
 	return 1
@@ -64,33 +65,13 @@ boot without a full reachability crawl.`,
 	root.PersistentFlags().StringVar(&g.runDir, "run-dir", "/run", "where ostree/staged-deployment lives and our state goes")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 
-	notBuilt := func(c *cobra.Command, args []string) error {
-		return fmt.Errorf("%s: %w", c.CommandPath(), errNotBuilt)
-	}
-	stage := &cobra.Command{Use: "stage", Short: "Precompute the /etc merge and the prune plan for the staged deployment (idempotent)", Args: noArgs, RunE: notBuilt}
-	stage.Flags().Bool("no-takeover", false, "keep ostree's own /etc merge at finalization")
-	stage.Flags().Bool("json", false, "print the result as JSON")
-
-	watch := &cobra.Command{Use: "watch", Short: "Keep the staged /etc merge current by watching /etc (systemd Type=notify)", Args: noArgs, RunE: notBuilt}
-
-	finalize := &cobra.Command{Use: "finalize (--pre | --post [--delete-now])", Short: "Seal before ostree-finalize-staged (--pre), persist the plan after it (--post)", Args: noArgs, RunE: notBuilt}
-	finalize.Flags().Bool("pre", false, "seal the /etc merge before ostree's finalization, or restore ostree's staged state")
-	finalize.Flags().Bool("post", false, "after ostree's finalization: verify and persist the prune plan")
-	finalize.Flags().Bool("delete-now", false, "with --post: delete the planned objects now instead of at next boot")
-
-	cleanup := &cobra.Command{Use: "cleanup", Short: "Delete the objects of the persisted plan (next boot)", Args: noArgs, RunE: notBuilt}
-	cleanup.Flags().Bool("foreground", false, "run at normal priority (first-boot provisioning)")
-	cleanup.Flags().Bool("json", false, "print a JSON summary")
-
-	status := &cobra.Command{Use: "status", Short: "Show what is staged, precomputed and pending", Args: noArgs, RunE: notBuilt}
-	status.Flags().Bool("json", false, "print the status as JSON")
-
-	plan := &cobra.Command{Use: "plan", Short: "Show the mock prune for the staged transition (or for now when nothing is staged)", Args: noArgs, RunE: notBuilt}
-	plan.Flags().Bool("json", false, "print the plan summary as JSON")
-	plan.Flags().Bool("list", false, "print one object per line, <checksum>.<type>, sorted")
-
-	root.AddCommand(stage, watch, finalize, cleanup, status, plan)
+	root.AddCommand(newStageCmd(g), newWatchCmd(g), newFinalizeCmd(g), newCleanupCmd(g), newStatusCmd(g), newPlanCmd(g))
 	return root
+}
+
+// notBuilt is the RunE of a command whose implementation has not landed.
+func notBuilt(c *cobra.Command, args []string) error {
+	return fmt.Errorf("%s: %w", c.CommandPath(), errNotBuilt)
 }
 
 func noArgs(c *cobra.Command, args []string) error {

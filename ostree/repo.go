@@ -122,7 +122,7 @@ func (r *Repo) openObject(o ObjectName) (*os.File, error) {
 }
 
 // ReadMeta reads a whole metadata object (dirtree, dirmeta, commit,
-// commitmeta, commit-tombstone). Objects larger than ostree's
+// commitmeta, tombstone-commit). Objects larger than ostree's
 // MaxMetadataSize (the decoders' cap, newer ostree's OSTREE_MAX_METADATA_SIZE)
 // or not regular files are corrupt.
 // A missing object wraps ErrNotFound; errors name the path.

@@ -192,7 +192,7 @@ func isKeyName(k string) bool {
 type RepoConfig struct {
 	Mode RepoMode
 	// TombstoneCommits is [core] tombstone-commits: ostree writes a
-	// .commit-tombstone object when it deletes a commit.
+	// .tombstone-commit object when it deletes a commit.
 	TombstoneCommits bool
 	// Locking is [core] locking (default true). When false, libostree takes
 	// no repository lock at all, so our lock excludes no ostree writer.

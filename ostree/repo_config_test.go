@@ -242,12 +242,15 @@ func FuzzRepoConfig(f *testing.F) {
 		if !cfg.Locking {
 			sb.WriteString("locking=false\n")
 		}
+		want := *cfg
 		if cfg.CollectionID != "" && !strings.ContainsAny(cfg.CollectionID, "\r\n") {
 			sb.WriteString("collection-id=" + cfg.CollectionID + "\n")
-			cfg2, err := ParseRepoConfig([]byte(sb.String()))
-			if err != nil || *cfg2 != *cfg {
-				t.Fatalf("round trip: %+v -> %+v, %v", cfg, cfg2, err)
-			}
+		} else {
+			want.CollectionID = ""
+		}
+		cfg2, err := ParseRepoConfig([]byte(sb.String()))
+		if err != nil || *cfg2 != want {
+			t.Fatalf("round trip: %+v -> %+v, %v", want, cfg2, err)
 		}
 	})
 }

@@ -62,7 +62,7 @@ type dirScan struct {
 // two lower-case hex digits) and in it every name of 62 lower-case hex
 // digits plus a suffix valid for the repository mode (".file" in bare modes,
 // ".filez" in archive mode, and ".dirtree", ".dirmeta", ".commit",
-// ".commitmeta", ".commit-tombstone", ".payload-link", ".file-xattrs",
+// ".commitmeta", ".tombstone-commit", ".payload-link", ".file-xattrs",
 // ".file-xattrs-link"). Nothing is followed: an objects/XX that is a
 // symlink or not a directory is an error naming it (ostree would follow or
 // fail; we do neither). Only regular files, and symlinks for content

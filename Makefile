@@ -34,8 +34,16 @@ test: deps build
 demo: deps build
 	./test/demo.sh
 
+# Go benchmarks under test/, prune's synthetic 1M-object plan, then the mock
+# prune against ostree (TestPruneBench: real-file workload, plan vs ostree
+# prune, execution vs ostree admin cleanup and xargs rm, warm and cold cache,
+# synthetic 250k/500k/1M; medians of BENCH_RUNS runs, a table of ratios at the
+# end; BENCH_RUNS=N for more runs). Root; drops the page cache; ~30 min.
 bench: deps build
 	OSTREE_PREFINALIZE_E2E=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench . -benchtime 1x ./test/...
+	OSTREE_PREFINALIZE_E2E=1 $(GO) test -count=1 -timeout 20m -run '^$$' -bench 'Plan1M|Set1M' -benchtime 1x -benchmem ./prune/
+	OSTREE_PREFINALIZE_E2E=1 OSTREE_PREFINALIZE_BENCH=1 OSTREE_PREFINALIZE_BENCH_RUNS=$(or $(BENCH_RUNS),5) \
+		$(GO) test -count=1 -timeout 120m -run '^TestPruneBench$$' -v ./test/
 
 # Every decoder of on-disk bytes has a Fuzz target; run each for FUZZTIME.
 fuzz:

@@ -36,16 +36,16 @@ func (n node) String() string {
 		n.Type, n.Mode, n.UID, n.GID, n.Xattrs, n.Target, n.Mtime, c)
 }
 
-// snapshotOpts: noMtime drops the mtime of regular files from the
+// snapOpts: noMtime drops the mtime of regular files from the
 // comparison, ignoreXattr drops xattrs with these name prefixes.
-type snapshotOpts struct {
+type snapOpts struct {
 	noMtime     bool
 	ignoreXattr []string
 }
 
 // snapshot reads the whole tree under root, without following symlinks.
 // The root itself is not included.
-func snapshot(t testing.TB, root string, o snapshotOpts) map[string]node {
+func snapTree(t testing.TB, root string, o snapOpts) map[string]node {
 	t.Helper()
 	out := map[string]node{}
 	var walk func(rel string)

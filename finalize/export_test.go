@@ -4,11 +4,11 @@ package finalize
 // import test/harness: kept outside package finalize so that the harness
 // may one day import this package without an import cycle.
 var (
-	Snapshot      = snapshot
+	Snapshot      = snapTree
 	DiffSnapshots = diffSnapshots
 )
 
-type SnapshotOpts = snapshotOpts
+type SnapshotOpts = snapOpts
 type Node = node
 
-func NewSnapshotOpts(noMtime bool) SnapshotOpts { return snapshotOpts{noMtime: noMtime} }
+func NewSnapshotOpts(noMtime bool) SnapshotOpts { return snapOpts{noMtime: noMtime} }

@@ -138,9 +138,9 @@ func TestMergeKinds(t *testing.T) {
 	if !reflect.DeepEqual(rep.Ignored, []string{"pam.d/fifo"}) {
 		t.Fatalf("ignored %q", rep.Ignored)
 	}
-	got := snapshot(t, n, snapshotOpts{})
-	mod := snapshot(t, tr.modified, snapshotOpts{})
-	def := snapshot(t, tr.defaults, snapshotOpts{})
+	got := snapTree(t, n, snapOpts{})
+	mod := snapTree(t, tr.modified, snapOpts{})
+	def := snapTree(t, tr.defaults, snapOpts{})
 	check := func(p string, want node, ok bool) {
 		t.Helper()
 		g, gok := got[p]
@@ -173,7 +173,7 @@ func TestMergeKinds(t *testing.T) {
 		if _, err := MergePaths(ctx, RealFS(), tr.orig, tr.modified, n2, tr.defaults, paths); err != nil {
 			t.Fatal(err)
 		}
-		requireSameTree(t, "MergePaths vs Merge", snapshot(t, n2, snapshotOpts{}), got)
+		requireSameTree(t, "MergePaths vs Merge", snapTree(t, n2, snapOpts{}), got)
 		// Idempotent: nothing left to write.
 		k, err := MergePaths(ctx, RealFS(), tr.orig, tr.modified, n2, tr.defaults, paths)
 		if err != nil || k != 0 {
@@ -184,7 +184,7 @@ func TestMergeKinds(t *testing.T) {
 	if _, err := Reset(ctx, RealFS(), n, tr.defaults); err != nil {
 		t.Fatal(err)
 	}
-	requireSameTree(t, "Reset", snapshot(t, n, snapshotOpts{noMtime: true}), snapshot(t, tr.defaults, snapshotOpts{noMtime: true}))
+	requireSameTree(t, "Reset", snapTree(t, n, snapOpts{noMtime: true}), snapTree(t, tr.defaults, snapOpts{noMtime: true}))
 }
 
 func TestMergeNewDefaultDir(t *testing.T) {
@@ -196,12 +196,12 @@ func TestMergeNewDefaultDir(t *testing.T) {
 	mkfile(t, tr.orig, "y", "a\n", 0644, 0, 0)
 	mkfile(t, tr.modified, "y", "b\n", 0644, 0, 0)
 	n := tr.freshNew(t)
-	before := snapshot(t, n, snapshotOpts{})
+	before := snapTree(t, n, snapOpts{})
 	_, err := Merge(context.Background(), RealFS(), tr.orig, tr.modified, n)
 	if !errors.Is(err, ErrNewDefaultDir) {
 		t.Fatalf("want ErrNewDefaultDir, got %v", err)
 	}
-	requireSameTree(t, "new etc after a failed merge", snapshot(t, n, snapshotOpts{}), before)
+	requireSameTree(t, "new etc after a failed merge", snapTree(t, n, snapOpts{}), before)
 	if _, err := MergePaths(context.Background(), RealFS(), tr.orig, tr.modified, n, tr.defaults, []string{"x"}); !errors.Is(err, ErrNewDefaultDir) {
 		t.Fatalf("MergePaths: want ErrNewDefaultDir, got %v", err)
 	}
@@ -364,9 +364,9 @@ func TestMergeFaultInjection(t *testing.T) {
 			}
 			// Whatever was written is whole: every regular file equals the
 			// default or the booted version, and no temporary file is left.
-			got := snapshot(t, n, snapshotOpts{noMtime: true})
-			mod := snapshot(t, tr.modified, snapshotOpts{noMtime: true})
-			def := snapshot(t, tr.defaults, snapshotOpts{noMtime: true})
+			got := snapTree(t, n, snapOpts{noMtime: true})
+			mod := snapTree(t, tr.modified, snapOpts{noMtime: true})
+			def := snapTree(t, tr.defaults, snapOpts{noMtime: true})
 			for p, g := range got {
 				if strings.Contains(p, ".prefinalize-tmp-") {
 					t.Fatalf("%s #%d: temporary file left: %q", field, nth, p)
@@ -386,7 +386,7 @@ func TestMergeFaultInjection(t *testing.T) {
 			if _, err := Merge(context.Background(), RealFS(), tr.orig, tr.modified, want); err != nil {
 				t.Fatal(err)
 			}
-			requireSameTree(t, field+" repaired", snapshot(t, n, snapshotOpts{}), snapshot(t, want, snapshotOpts{}))
+			requireSameTree(t, field+" repaired", snapTree(t, n, snapOpts{}), snapTree(t, want, snapOpts{}))
 		}
 	}
 }

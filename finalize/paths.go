@@ -101,7 +101,7 @@ func (pl *planner) plan(p string, underAdded bool) (*want, error) {
 	}
 	if p == "" {
 		// The etc root itself: never copied nor given attributes.
-		return pl.dirWant(p, b, o, mo, underAdded, false, Attr{})
+		return pl.dirWant(p, b, o, mo, underAdded, false)
 	}
 	removed := o.ok && !mo.ok && !underAdded
 	inCopy := false
@@ -131,7 +131,7 @@ func (pl *planner) plan(p string, underAdded bool) (*want, error) {
 			if added || o.dir() {
 				// Kept: children are compared (modified attrs) or all
 				// added (added dir); attributes follow the children.
-				w, err := pl.dirWant(p, b, o, mo, added, true, Attr{})
+				w, err := pl.dirWant(p, b, o, mo, added, true)
 				if err != nil {
 					return nil, err
 				}
@@ -158,9 +158,9 @@ func (pl *planner) plan(p string, underAdded bool) (*want, error) {
 	if o.dir() && mo.dir() {
 		switch {
 		case b.dir():
-			return pl.dirWant(p, b, o, mo, false, true, Attr{})
+			return pl.dirWant(p, b, o, mo, false, true)
 		case !b.ok:
-			w, err := pl.dirWant(p, b, o, mo, false, true, Attr{})
+			w, err := pl.dirWant(p, b, o, mo, false, true)
 			if err != nil {
 				return nil, err
 			}
@@ -189,7 +189,7 @@ func (pl *planner) plan(p string, underAdded bool) (*want, error) {
 // of the names on every side; its attributes are B's, with Mo's owner and
 // mode and Mo's xattrs set over B's when a child is touched; a directory
 // absent from B is created with Mo's attributes.
-func (pl *planner) dirWant(p string, b, o, mo ent, childrenAdded, attributable bool, _ Attr) (*want, error) {
+func (pl *planner) dirWant(p string, b, o, mo ent, childrenAdded, attributable bool) (*want, error) {
 	names := map[string]bool{}
 	add := func(root string, e ent) error {
 		if !e.dir() {

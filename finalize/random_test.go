@@ -293,14 +293,14 @@ func TestMergePathsRandom(t *testing.T) {
 				t.Logf("iter %d batch %d: both fail: %v", it, batch, fullErr)
 				break
 			}
-			if d := diffSnapshots(snapshot(t, inc, snapshotOpts{noMtime: true}), snapshot(t, full, snapshotOpts{noMtime: true})); len(d) > 0 {
+			if d := diffSnapshots(snapTree(t, inc, snapOpts{noMtime: true}), snapTree(t, full, snapOpts{noMtime: true})); len(d) > 0 {
 				t.Fatalf("seed %d iter %d batch %d: per-path merge differs from full merge:\n%q\nedits: %q",
 					seed, it, batch, d, log)
 			}
 			// mtimes: equal for every file the full merge copied from the
 			// booted etc (a default's mtime is the checkout's: not compared).
-			si, sf := snapshot(t, inc, snapshotOpts{}), snapshot(t, full, snapshotOpts{})
-			sm, sd := snapshot(t, tr.modified, snapshotOpts{}), snapshot(t, tr.defaults, snapshotOpts{})
+			si, sf := snapTree(t, inc, snapOpts{}), snapTree(t, full, snapOpts{})
+			sm, sd := snapTree(t, tr.modified, snapOpts{}), snapTree(t, tr.defaults, snapOpts{})
 			for p, f := range sf {
 				if f.Type == "file" && f.Mtime == sm[p].Mtime && sm[p].Mtime != sd[p].Mtime && si[p].Mtime != f.Mtime {
 					t.Fatalf("seed %d iter %d batch %d: %q mtime %d, full merge %d\nedits: %q", seed, it, batch, p, si[p].Mtime, f.Mtime, log)

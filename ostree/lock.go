@@ -59,13 +59,28 @@ const lockPollMax = 100 * time.Millisecond
 // nothing; libostree itself polls (once a second, lock-timeout-secs=30 by
 // default).
 func (r *Repo) Lock(ctx context.Context, exclusive bool) (*RepoLock, error) {
-	p := r.Path + "/.lock"
-	repoFD, err := unix.Open(r.Path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	return lockFile(ctx, r.Path, ".lock", exclusive)
+}
+
+// LockSysroot takes ostree's sysroot lock (ostree_sysroot_lock:
+// glnx_make_lock_file on <sysroot>/ostree/lock, exclusive), which every
+// `ostree admin` command that changes deployments holds, deploy --stage
+// included. Holding it while we rewrite the staged state means ostree cannot
+// re-stage under our feet. Waiting and errors are as Repo.Lock's.
+func LockSysroot(ctx context.Context, sysroot string) (*RepoLock, error) {
+	return lockFile(ctx, sysroot+"/ostree", "lock", true)
+}
+
+// lockFile opens dir/name (created if missing, never through a symlink) and
+// takes an OFD lock (flock where OFD locks are missing) on all of it.
+func lockFile(ctx context.Context, dir, name string, exclusive bool) (*RepoLock, error) {
+	p := dir + "/" + name
+	dirFD, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, errnoErr(err))
 	}
-	fd, err := unix.Openat(repoFD, ".lock", unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_NONBLOCK, 0o660)
-	unix.Close(repoFD)
+	fd, err := unix.Openat(dirFD, name, unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_NONBLOCK, 0o660)
+	unix.Close(dirFD)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, errnoErr(err))
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -113,6 +114,16 @@ type walker struct {
 	failed  atomic.Bool
 }
 
+// objectErr names o in err, unless err already starts by naming it (the
+// repository binding's errors do), so that the message stays one readable
+// line.
+func objectErr(o ostree.ObjectName, err error) error {
+	if strings.HasPrefix(err.Error(), "object "+o.String()) {
+		return err
+	}
+	return fmt.Errorf("object %s: %w", o, err)
+}
+
 func (w *walker) fail(err error) {
 	w.mu.Lock()
 	if w.err == nil {
@@ -155,7 +166,7 @@ func (w *walker) work(ctx context.Context) {
 		o := local[len(local)-1]
 		local = local[:len(local)-1]
 		if err := w.children(ctx, o, emit); err != nil {
-			w.fail(fmt.Errorf("object %s: %w", o, err))
+			w.fail(objectErr(o, err))
 			return
 		}
 		if emitErr != nil {

@@ -1,11 +1,70 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+)
 
 func newFinalizeCmd(g *globalOpts) *cobra.Command {
-	c := &cobra.Command{Use: "finalize (--pre | --post [--delete-now])", Short: "Seal before ostree-finalize-staged (--pre), persist the plan after it (--post)", Args: noArgs, RunE: notBuilt}
-	c.Flags().Bool("pre", false, "seal the /etc merge before ostree's finalization, or restore ostree's staged state")
-	c.Flags().Bool("post", false, "after ostree's finalization: verify and persist the prune plan")
-	c.Flags().Bool("delete-now", false, "with --post: delete the planned objects now instead of at next boot")
+	var pre, post, deleteNow, asJSON bool
+	c := &cobra.Command{
+		Use:   "finalize (--pre | --post [--delete-now])",
+		Short: "Seal before ostree-finalize-staged (--pre), persist the plan after it (--post)",
+		Long: `--pre runs at shutdown before ostree-finalize-staged.service: it applies what
+changed in /etc since the last refresh and makes it durable; on any doubt it
+restores ostree's original staged state so ostree merges as it always did.
+
+--post runs after ostree's finalization succeeded: it checks the deployment
+list is the predicted one and persists the prune plan for the next boot
+(or, with --delete-now, deletes the planned objects at once).`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if pre == post {
+				return usageError{errors.New("finalize: give exactly one of --pre and --post")}
+			}
+			if deleteNow && !post {
+				return usageError{errors.New("finalize: --delete-now goes with --post")}
+			}
+			cfg := g.config()
+			w := c.OutOrStdout()
+			if pre {
+				res, err := finalize.Pre(c.Context(), cfg)
+				if res != nil {
+					if asJSON {
+						printJSON(w, res)
+					} else if res.Staged == nil {
+						fmt.Fprintln(w, "Nothing staged.")
+					} else {
+						fmt.Fprintf(w, "/etc: %s (takeover %v): %s\n", res.Etc.State, res.Etc.Takeover, res.Etc.Reason)
+					}
+				}
+				return err
+			}
+			res, err := finalize.Post(c.Context(), cfg, deleteNow)
+			if res != nil {
+				if asJSON {
+					printJSON(w, res)
+				} else {
+					switch {
+					case res.Deleted != nil:
+						fmt.Fprintf(w, "Deleted %d objects (%s), kept %d that became live.\n", res.Deleted.Deleted, humanBytes(uint64(res.Deleted.BytesFreed)), res.Deleted.KeptLive)
+					case res.Persisted:
+						fmt.Fprintf(w, "Plan persisted: %d objects, %s to delete at next boot.\n", res.Objects, humanBytes(uint64(res.Bytes)))
+					default:
+						fmt.Fprintf(w, "Nothing persisted: %s\n", res.Reason)
+					}
+				}
+			}
+			return err
+		},
+	}
+	c.Flags().BoolVar(&pre, "pre", false, "seal the /etc merge before ostree's finalization, or restore ostree's staged state")
+	c.Flags().BoolVar(&post, "post", false, "after ostree's finalization: verify and persist the prune plan")
+	c.Flags().BoolVar(&deleteNow, "delete-now", false, "with --post: delete the planned objects now instead of at next boot")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return c
 }

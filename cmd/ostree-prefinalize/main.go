@@ -25,6 +25,7 @@ var errNotBuilt = errors.New("not implemented yet in this version")
 type globalOpts struct {
 	sysroot string
 	runDir  string
+	verbose bool
 }
 
 func main() {
@@ -63,6 +64,7 @@ boot without a full reachability crawl.`,
 	}
 	root.PersistentFlags().StringVar(&g.sysroot, "sysroot", "/", "the sysroot, as ostree's --sysroot")
 	root.PersistentFlags().StringVar(&g.runDir, "run-dir", "/run", "where ostree/staged-deployment lives and our state goes")
+	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log debug details")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 
 	root.AddCommand(newStageCmd(g), newWatchCmd(g), newFinalizeCmd(g), newCleanupCmd(g), newStatusCmd(g), newPlanCmd(g))

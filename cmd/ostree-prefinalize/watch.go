@@ -1,7 +1,24 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+)
 
 func newWatchCmd(g *globalOpts) *cobra.Command {
-	return &cobra.Command{Use: "watch", Short: "Keep the staged /etc merge current by watching /etc (systemd Type=notify)", Args: noArgs, RunE: notBuilt}
+	return &cobra.Command{
+		Use:   "watch",
+		Short: "Keep the staged /etc merge current by watching /etc (systemd Type=notify)",
+		Long: `Watch the booted /etc with inotify and apply each change to the staged
+deployment's etc, so that at shutdown nothing is left to do. Tells systemd
+READY=1 once watching; on SIGTERM it applies what is pending and exits 0.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return finalize.Watch(c.Context(), g.config(), finalize.WatchOptions{
+				Notify: func(state string) { daemon.SdNotify(false, state) },
+			})
+		},
+	}
 }

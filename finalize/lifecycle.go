@@ -1,0 +1,637 @@
+package finalize
+
+// The lifecycle: stage (precompute, take over), pre (seal or fall back),
+// post (verify, persist the plan), cleanup (next boot), and the state they
+// share in the runtime store. Each step re-reads the sysroot and the store:
+// they run as separate processes, possibly after a crash of the previous one.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
+	"github.com/ostree-prefinalize/ostree-prefinalize/store"
+)
+
+// Config is what every lifecycle step needs. The zero value of each field
+// is the default.
+type Config struct {
+	Sysroot string // ostree's --sysroot; "" means "/"
+	RunDir  string // where ostree/staged-deployment lives; "" means "/run"
+	// NoTakeover keeps ostree's own merge at finalization (stage only).
+	NoTakeover bool
+	// FS is how the staged etc is written; zero means RealFS().
+	FS FS
+	// Log receives what happened and why; nil means slog.Default().
+	Log *slog.Logger
+	// LockTimeout bounds waits for ostree's repository and sysroot locks;
+	// 0 means 30s (libostree's own default lock-timeout-secs).
+	LockTimeout time.Duration
+	// Progress, if set, is told how far a long plan or deletion is.
+	Progress func(done, total int)
+}
+
+func (c *Config) defaults() {
+	if c.Sysroot == "" {
+		c.Sysroot = "/"
+	}
+	if c.RunDir == "" {
+		c.RunDir = "/run"
+	}
+	if c.FS.WriteFileAtomic == nil {
+		c.FS = RealFS()
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.LockTimeout == 0 {
+		c.LockTimeout = 30 * time.Second
+	}
+}
+
+// ErrNotBooted: the lifecycle needs a booted ostree system (the staged
+// state only exists there).
+var ErrNotBooted = errors.New("not booted into an ostree deployment")
+
+// Store blobs of the lifecycle besides store.Blob*.
+const (
+	blobTakeover  = "takeover-staged" // the staged-state bytes we wrote
+	blobPredicted = "predicted"       // deployment list predicted at staging
+)
+
+// stagedPath is ostree's staged state under a run dir.
+func stagedPath(runDir string) string {
+	return filepath.Join(runDir, "ostree", "staged-deployment")
+}
+
+// origBackupPath keeps a second copy of ostree's original staged state
+// outside the bbolt file: if the store is ever unreadable while our rewrite
+// is on disk, this copy still lets every fallback restore ostree's state.
+func origBackupPath(runDir string) string {
+	return filepath.Join(runDir, "ostree-prefinalize", "orig-staged-deployment")
+}
+
+func idOf(d *ostree.Deployment) *store.StagedID {
+	return &store.StagedID{OSName: d.OSName, Checksum: d.Checksum.String(), Serial: d.Serial, BootCsum: d.BootCsum}
+}
+
+func sameID(a, b *store.StagedID) bool {
+	return a != nil && b != nil && a.OSName == b.OSName && a.Checksum == b.Checksum && a.Serial == b.Serial
+}
+
+// snapshot is what a step reads at its start: the sysroot, and the
+// runtime store's view of it.
+type snapshot struct {
+	sys      *ostree.Sysroot
+	disk     []byte // the staged state on disk now (nil: nothing staged)
+	state    store.State
+	orig     []byte // ostree's original staged bytes, as recorded
+	takeover []byte // our rewrite, as recorded
+	baseline []byte
+	plan     []byte
+	pending  []string
+	storeErr error // the store could not be read (corrupt, unsafe, busy)
+}
+
+func load(cfg *Config) (*snapshot, error) {
+	sys, err := ostree.LoadSysroot(cfg.Sysroot, ostree.LoadOptions{RunDir: cfg.RunDir})
+	if err != nil {
+		return nil, err
+	}
+	s := &snapshot{sys: sys}
+	if sys.StagedState != nil {
+		s.disk = sys.StagedState.Raw
+	}
+	err = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		s.state = st
+		s.orig = tx.Blob(store.BlobOrigStaged)
+		s.takeover = tx.Blob(blobTakeover)
+		s.baseline = tx.Blob(store.BlobBaseline)
+		s.plan = tx.Blob(store.BlobPlan)
+		s.pending, _ = tx.Pending(0)
+		return nil
+	})
+	if err != nil && !errors.Is(err, store.ErrNotExist) {
+		s.storeErr = err
+	}
+	return s, nil
+}
+
+// tookOver reports whether the staged state on disk is our rewrite.
+func (s *snapshot) tookOver() bool {
+	return s.disk != nil && s.takeover != nil && bytes.Equal(s.disk, s.takeover)
+}
+
+// StageResult says what stage did; it is what `stage --json` prints.
+type StageResult struct {
+	Staged   *store.StagedID `json:"staged"`
+	Locked   bool            `json:"locked"`
+	Etc      EtcResult       `json:"etc"`
+	Prune    PruneResult     `json:"prune"`
+	Duration float64         `json:"seconds"`
+}
+
+// EtcResult is the /etc side of a step.
+type EtcResult struct {
+	State    string `json:"state"`
+	Takeover bool   `json:"takeover"`
+	Reason   string `json:"reason,omitempty"`
+	Modified int    `json:"modified"`
+	Removed  int    `json:"removed"`
+	Added    int    `json:"added"`
+	Written  int    `json:"written"` // entries written or removed in the staged etc
+}
+
+// PruneResult is the plan side of a step.
+type PruneResult struct {
+	State     string   `json:"state"`
+	Reason    string   `json:"reason,omitempty"`
+	Objects   int64    `json:"objects"`
+	Bytes     int64    `json:"bytes"`
+	RootsHash string   `json:"roots_hash,omitempty"`
+	Survivors []string `json:"deployments,omitempty"` // predicted list, "OS CSUM.SERIAL"
+}
+
+// Stage precomputes for the staged deployment: the /etc merge into its etc
+// (with a baseline of the booted etc for the seal), the takeover of ostree's
+// merge when it cannot change ostree's outcome, and the prune plan. It is
+// idempotent: run again for the same staged deployment it brings the merge
+// up to date and recomputes the plan; for a new one (re-stage) it starts
+// over. A merge that fails (ostree would fail the same way at shutdown) is
+// reported as an error after falling back to ostree's own state.
+func Stage(ctx context.Context, cfg Config) (*StageResult, error) {
+	cfg.defaults()
+	start := time.Now()
+	unlock, err := lifecycleLock(ctx, cfg.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap, err := load(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	sys := snap.sys
+	res := &StageResult{Etc: EtcResult{State: store.EtcNone}, Prune: PruneResult{State: store.PruneNone}}
+	if sys.Staged == nil {
+		if sys.Booted == nil {
+			cfg.Log.Info("nothing staged (not booted into an ostree deployment)")
+		} else {
+			cfg.Log.Info("nothing staged")
+		}
+		if snap.state.Staged != nil {
+			if err := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+				if err := tx.Clear(); err != nil {
+					return err
+				}
+				return tx.PutState(store.State{EtcReason: "nothing staged any more", PruneReason: "nothing staged any more"})
+			}); err != nil {
+				return nil, err
+			}
+		}
+		return res, nil
+	}
+	if sys.Booted == nil {
+		return nil, fmt.Errorf("staged deployment %s: %w", sys.Staged, ErrNotBooted)
+	}
+	id := idOf(sys.Staged)
+	res.Staged, res.Locked = id, sys.StagedLocked
+
+	// Which bytes are ostree's? If the disk holds our own rewrite for this
+	// deployment, the recorded original; otherwise what is on disk (a fresh
+	// stage, a re-stage, or ostree's state restored).
+	fresh := true
+	orig := snap.disk
+	if snap.storeErr != nil {
+		backup, berr := os.ReadFile(origBackupPath(cfg.RunDir))
+		if berr == nil && isTakeoverOf(snap.disk, backup) {
+			orig = backup
+		}
+		cfg.Log.Warn("runtime store unreadable; starting over", "err", snap.storeErr)
+		if err := store.Reset(store.RuntimePath(cfg.RunDir)); err != nil {
+			return nil, err
+		}
+	} else if sameID(snap.state.Staged, id) {
+		switch {
+		case snap.tookOver():
+			orig, fresh = snap.orig, false
+		case snap.orig != nil && bytes.Equal(snap.disk, snap.orig):
+			fresh = false
+		}
+	}
+	origState, err := ostree.DecodeStagedState(orig)
+	if err != nil {
+		return nil, fmt.Errorf("staged state %s: %w", stagedPath(cfg.RunDir), err)
+	}
+
+	// Record identity and ostree's bytes before anything else is written,
+	// so every later fallback can restore them.
+	if err := writeBackup(cfg.RunDir, orig); err != nil {
+		return nil, err
+	}
+	err = store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st := snap.state
+		if fresh {
+			if err := tx.Clear(); err != nil {
+				return err
+			}
+			st = store.State{EtcState: store.EtcNone, PruneState: store.PruneNone}
+		}
+		st.Staged = id
+		if err := tx.PutBlob(store.BlobOrigStaged, orig); err != nil {
+			return err
+		}
+		return tx.PutState(st)
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	res.Etc = stageEtc(ctx, &cfg, sys, origState, snap.disk, fresh)
+	res.Prune = stagePlan(ctx, &cfg, sys, origState)
+	res.Duration = time.Since(start).Seconds()
+	if res.Etc.State == store.EtcFallback {
+		return res, fmt.Errorf("/etc merge: %s", res.Etc.Reason)
+	}
+	return res, nil
+}
+
+// isTakeoverOf reports whether disk is what a takeover of orig looks like:
+// the same staged deployment without the merge-deployment key.
+func isTakeoverOf(disk, orig []byte) bool {
+	d, err1 := ostree.DecodeStagedState(disk)
+	o, err2 := ostree.DecodeStagedState(orig)
+	return err1 == nil && err2 == nil && d.Merge == nil && o.Merge != nil && d.Target == o.Target
+}
+
+// stageEtc does the /etc part of Stage and records its outcome.
+func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree.StagedState, disk []byte, fresh bool) EtcResult {
+	r := EtcResult{State: store.EtcNone}
+	log := cfg.Log.With("staged", sys.Staged.String())
+	var merge *ostree.Deployment
+	if orig.Merge != nil {
+		merge = sys.Find(*orig.Merge)
+	}
+	switch {
+	case orig.Merge == nil:
+		r.Reason = "ostree does no /etc merge for this deployment (no merge deployment)"
+	case merge == nil:
+		r.State, r.Reason = store.EtcFallback, fmt.Sprintf("merge deployment %s.%d is not deployed: ostree's finalization will fail", orig.Merge.Checksum, orig.Merge.Serial)
+	case !merge.Same(sys.Booted):
+		r.Reason = "the merge deployment is not the booted one: /etc left to ostree"
+	}
+	if r.Reason != "" {
+		log.Info("no /etc precomputation", "reason", r.Reason)
+		recordEtc(cfg, r, nil, nil)
+		return r
+	}
+
+	p := pathsOf(sys)
+	// The baseline is taken before the merge reads anything: a change made
+	// while we merge then differs from it, and the seal applies it.
+	bl, err := Scan(ctx, p.modified)
+	if err == nil {
+		var n int
+		if fresh {
+			var rep Report
+			rep, err = Merge(ctx, cfg.FS, p.orig, p.modified, p.newEtc)
+			r.Modified, r.Removed, r.Added = rep.Modified, rep.Removed, rep.Added
+			n = rep.Modified + rep.Removed + rep.Added
+		} else {
+			n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, []string{""})
+		}
+		r.Written = n
+	}
+	if err != nil {
+		return fallback(ctx, cfg, sys, fmt.Sprintf("precomputing the /etc merge: %v", err))
+	}
+	blBytes, err := bl.MarshalBinary()
+	if err != nil {
+		return fallback(ctx, cfg, sys, fmt.Sprintf("encoding the baseline: %v", err))
+	}
+	r.State = store.EtcPrecomputed
+
+	// Take over only when it cannot change ostree's outcome.
+	why := takeoverBlocker(cfg, sys, merge)
+	if why == "" {
+		kargs := orig.Kargs
+		if !orig.HasKargs {
+			// ostree would copy the merge deployment's options; its ostree=
+			// argument is replaced in place when the entry is written, so
+			// keeping it keeps the entry byte-identical.
+			kargs = slices.Clone(merge.Kargs)
+			if kargs == nil {
+				kargs = []string{}
+			}
+		}
+		enc, err := orig.EncodeTakeover(kargs)
+		if err != nil {
+			why = fmt.Sprintf("cannot encode the takeover: %v", err)
+		} else if err := writeTakeover(ctx, cfg, enc, disk); err != nil {
+			why = fmt.Sprintf("cannot rewrite the staged state: %v", err)
+		} else {
+			r.Takeover = true
+			recordEtc(cfg, r, blBytes, enc)
+			log.Info("took over the /etc merge", "modified", r.Modified, "removed", r.Removed, "added", r.Added)
+			return r
+		}
+	}
+	r.Reason = why
+	if err := restoreStaged(cfg, orig.Raw); err != nil {
+		return fallback(ctx, cfg, sys, err.Error())
+	}
+	recordEtc(cfg, r, blBytes, nil)
+	log.Info("precomputed the /etc merge; ostree keeps its own", "reason", why)
+	return r
+}
+
+// takeoverBlocker says why we must not take over, or "" when we may.
+func takeoverBlocker(cfg *Config, sys *ostree.Sysroot, merge *ostree.Deployment) string {
+	if cfg.NoTakeover {
+		return "--no-takeover"
+	}
+	if !merge.Same(sys.Booted) {
+		return "the merge deployment is not the booted one"
+	}
+	// ostree refreshes the SELinux policy after its merge when the merged
+	// etc has selinux/config; we do not run semodule, so we leave both to
+	// ostree.
+	if _, err := os.Lstat(filepath.Join(sys.DeploymentDir(sys.Staged), "etc/selinux/config")); err == nil {
+		return "the new deployment has etc/selinux/config: ostree refreshes the SELinux policy after its merge"
+	}
+	return ""
+}
+
+type etcPaths struct{ orig, modified, newEtc, defaults string }
+
+// pathsOf names the four trees of the merge, through the sysroot's
+// deployment directories as ostree reads them.
+func pathsOf(sys *ostree.Sysroot) etcPaths {
+	booted := sys.DeploymentDir(sys.Booted)
+	staged := sys.DeploymentDir(sys.Staged)
+	return etcPaths{
+		orig:     filepath.Join(booted, "usr/etc"),
+		modified: filepath.Join(booted, "etc"),
+		newEtc:   filepath.Join(staged, "etc"),
+		defaults: filepath.Join(staged, "usr/etc"),
+	}
+}
+
+// recordEtc stores the etc outcome (and, when given, the baseline and our
+// takeover bytes). A store failure here is logged: the on-disk state is
+// already consistent, and the next step treats a missing record as doubt.
+func recordEtc(cfg *Config, r EtcResult, baseline, takeover []byte) {
+	err := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		st.EtcState, st.EtcReason, st.Takeover = r.State, r.Reason, r.Takeover
+		if baseline != nil {
+			if err := tx.PutBlob(store.BlobBaseline, baseline); err != nil {
+				return err
+			}
+		}
+		if err := tx.PutBlob(blobTakeover, takeover); err != nil {
+			return err
+		}
+		return tx.PutState(st)
+	})
+	if err != nil {
+		cfg.Log.Error("recording the /etc state", "err", err)
+	}
+}
+
+// fallback puts everything back to what ostree expects: the staged etc
+// reset to the new defaults and ostree's original staged state on disk.
+// If even that fails, finalization is locked, so ostree does not finalize
+// a deployment whose etc we cannot vouch for: the update waits for the
+// next attempt, the system keeps booting the current deployment.
+func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason string) EtcResult {
+	r := EtcResult{State: store.EtcFallback, Reason: reason}
+	log := cfg.Log.With("staged", sys.Staged.String())
+	var snapOrig []byte
+	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		snapOrig = tx.Blob(store.BlobOrigStaged)
+		return nil
+	})
+	if snapOrig == nil {
+		snapOrig, _ = os.ReadFile(origBackupPath(cfg.RunDir))
+	}
+	var errs []string
+	if snapOrig != nil {
+		if err := restoreStaged(cfg, snapOrig); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	p := pathsOf(sys)
+	if _, err := Reset(ctx, cfg.FS, p.newEtc, p.defaults); err != nil {
+		errs = append(errs, fmt.Sprintf("resetting the staged etc: %v", err))
+	}
+	if len(errs) > 0 {
+		r.Reason += "; fallback failed too (" + strings.Join(errs, "; ") + ")"
+		if err := lockFinalization(cfg); err != nil {
+			r.Reason += fmt.Sprintf("; locking finalization failed: %v", err)
+		} else {
+			r.Reason += "; finalization locked: the update is not applied at this shutdown"
+		}
+	}
+	log.Warn("fell back to ostree's own /etc merge", "reason", r.Reason)
+	recordEtc(cfg, r, nil, nil)
+	return r
+}
+
+// lockFinalization writes ostree's staged-deployment-locked flag.
+func lockFinalization(cfg *Config) error {
+	return writeFileDurable(filepath.Join(cfg.RunDir, "ostree", "staged-deployment-locked"), nil, 0o644)
+}
+
+// writeTakeover replaces the staged state (expect: what we read at the
+// start, ostree's bytes or our earlier rewrite) with enc, under ostree's
+// sysroot lock and only if the file still holds expect (ostree may have
+// re-staged since we read it).
+func writeTakeover(ctx context.Context, cfg *Config, enc, expect []byte) error {
+	if bytes.Equal(enc, expect) {
+		return nil
+	}
+	return replaceStaged(ctx, cfg, enc, expect)
+}
+
+// restoreStaged puts ostree's original staged state back when the disk
+// holds anything else for the same deployment (our rewrite). It never
+// overwrites a state for another deployment (a re-stage).
+func restoreStaged(cfg *Config, orig []byte) error {
+	disk, err := os.ReadFile(stagedPath(cfg.RunDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // finalized or unstaged meanwhile: nothing to restore
+	}
+	if err != nil {
+		return fmt.Errorf("restoring ostree's staged state: %w", err)
+	}
+	if bytes.Equal(disk, orig) {
+		return nil
+	}
+	if !isTakeoverOf(disk, orig) {
+		return nil // not our rewrite: leave ostree's file alone
+	}
+	if err := replaceStaged(context.Background(), cfg, orig, disk); err != nil {
+		return fmt.Errorf("restoring ostree's staged state: %w", err)
+	}
+	cfg.Log.Info("restored ostree's original staged state")
+	return nil
+}
+
+func replaceStaged(ctx context.Context, cfg *Config, data, expect []byte) error {
+	lctx, cancel := context.WithTimeout(ctx, cfg.LockTimeout)
+	defer cancel()
+	lock, err := ostree.LockSysroot(lctx, cfg.Sysroot)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	path := stagedPath(cfg.RunDir)
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(cur, expect) {
+		return fmt.Errorf("%s changed while we worked (re-staged?): %w", path, ErrStagedChanged)
+	}
+	return writeFileDurable(path, data, 0o644)
+}
+
+// ErrStagedChanged: ostree rewrote the staged state under us.
+var ErrStagedChanged = errors.New("staged state changed")
+
+func writeBackup(runDir string, orig []byte) error {
+	dir := filepath.Dir(origBackupPath(runDir))
+	// The store creates and checks this directory; create it the same way
+	// if the store has not yet.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return writeFileDurable(origBackupPath(runDir), orig, 0o600)
+}
+
+// writeFileDurable writes path whole: a temporary file beside it, fsync,
+// rename, fsync of the directory (so the rename itself is durable).
+func writeFileDurable(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// stagePlan computes and records the mock prune for the staged transition.
+func stagePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree.StagedState) PruneResult {
+	r := PruneResult{State: store.PruneInvalid}
+	plan, deps, err := planFor(ctx, cfg, sys, orig)
+	if err != nil {
+		r.Reason = err.Error()
+		cfg.Log.Warn("no prune plan", "err", err)
+	} else {
+		r = summarize(plan, deps)
+	}
+	var planBytes, predicted []byte
+	if err == nil {
+		planBytes, err = plan.MarshalBinary()
+		predicted = []byte(strings.Join(r.Survivors, "\n"))
+	}
+	uerr := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		st.PruneState, st.PruneReason = r.State, r.Reason
+		st.PruneObjects, st.PruneBytes, st.RootsHash = r.Objects, r.Bytes, r.RootsHash
+		if err := tx.PutBlob(store.BlobPlan, planBytes); err != nil {
+			return err
+		}
+		if err := tx.PutBlob(blobPredicted, predicted); err != nil {
+			return err
+		}
+		return tx.PutState(st)
+	})
+	if uerr != nil {
+		cfg.Log.Error("recording the prune plan", "err", uerr)
+		r.State, r.Reason = store.PruneInvalid, uerr.Error()
+	}
+	return r
+}
+
+// planFor predicts the deployments after finalization (from ostree's
+// original staged state: a takeover changes the file, not the outcome) and
+// plans the prune from their roots.
+func planFor(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree.StagedState) (*prune.Plan, []*ostree.Deployment, error) {
+	opts := prune.PredictOptions{}
+	if orig != nil && sys.Staged != nil {
+		opts.State = orig
+	}
+	deps, err := prune.PredictDeploymentsWith(sys, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := prune.PostFinalizeRoots(sys, deps)
+	if err != nil {
+		return nil, nil, err
+	}
+	plan, err := prune.PlanRepo(ctx, sys.Repo, roots, cfg.LockTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	return plan, deps, nil
+}
+
+func summarize(p *prune.Plan, deps []*ostree.Deployment) PruneResult {
+	r := PruneResult{State: store.PrunePlanned, Objects: int64(p.Stats.Objects), Bytes: int64(p.Stats.Bytes), RootsHash: p.RootsHash}
+	for _, d := range deps {
+		r.Survivors = append(r.Survivors, d.OSName+" "+d.DeployName())
+	}
+	return r
+}

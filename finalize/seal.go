@@ -1,0 +1,411 @@
+package finalize
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
+	"github.com/ostree-prefinalize/ostree-prefinalize/store"
+)
+
+// Refresh brings the staged etc up to date with the booted etc: every path
+// whose stat differs from the recorded baseline, plus the given paths (from
+// inotify), is merged again, and the baseline becomes the new stat of the
+// booted etc. The new baseline is scanned before anything is compared, so
+// a change racing with Refresh differs from it and is picked up next time:
+// nothing is ever marked seen without having been applied.
+//
+// It is the watcher's batch and the core of the seal. It returns how many
+// entries were written. With no precomputed merge for the live staged
+// deployment it does nothing (and says why in the error).
+func Refresh(ctx context.Context, cfg Config, paths []string) (int, error) {
+	cfg.defaults()
+	unlock, err := lifecycleLock(ctx, cfg.RunDir)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	snap, err := load(&cfg)
+	if err != nil {
+		return 0, err
+	}
+	return refresh(ctx, &cfg, snap, paths, store.EtcPrecomputed)
+}
+
+// ErrNoMerge: there is no precomputed merge to keep current.
+var ErrNoMerge = errors.New("no precomputed /etc merge")
+
+func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, newState string) (int, error) {
+	sys := snap.sys
+	if snap.storeErr != nil {
+		return 0, snap.storeErr
+	}
+	if sys.Staged == nil || !sameID(snap.state.Staged, idOf(sys.Staged)) {
+		return 0, fmt.Errorf("%w for the staged deployment (restage needed)", ErrNoMerge)
+	}
+	switch snap.state.EtcState {
+	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	default:
+		return 0, fmt.Errorf("%w (state %q: %s)", ErrNoMerge, snap.state.EtcState, snap.state.EtcReason)
+	}
+	var old Baseline
+	if err := old.UnmarshalBinary(snap.baseline); err != nil {
+		return 0, fmt.Errorf("baseline: %w", err)
+	}
+	p := pathsOf(sys)
+	nb, err := Scan(ctx, p.modified)
+	if err != nil {
+		return 0, err
+	}
+	changed, err := old.Changed(ctx, p.modified)
+	if err != nil {
+		return 0, err
+	}
+	all := append(slices.Clone(changed), paths...)
+	all = append(all, snap.pending...)
+	n := 0
+	if len(all) > 0 {
+		n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)
+		if err != nil {
+			return n, err
+		}
+	}
+	nbBytes, err := nb.MarshalBinary()
+	if err != nil {
+		return n, err
+	}
+	err = store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		if !sameID(st.Staged, idOf(sys.Staged)) {
+			return fmt.Errorf("%w: the store moved to another staged deployment", ErrStagedChanged)
+		}
+		if err := tx.RemovePending(append(slices.Clone(paths), snap.pending...)...); err != nil {
+			return err
+		}
+		if err := tx.PutBlob(store.BlobBaseline, nbBytes); err != nil {
+			return err
+		}
+		st.EtcState = newState
+		if len(all) > 0 {
+			st.EtcReason = fmt.Sprintf("applied %d changed paths", len(all))
+		}
+		return tx.PutState(st)
+	})
+	return n, err
+}
+
+// MarkPending records paths the watcher has seen but not applied yet, so
+// that `status` shows them and the seal applies them even if the watcher
+// dies before its batch.
+func MarkPending(cfg Config, paths []string) error {
+	cfg.defaults()
+	return store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		if st.EtcState == store.EtcPrecomputed || st.EtcState == store.EtcSealed {
+			st.EtcState = store.EtcDirty
+			st.EtcReason = "changes waiting to be applied"
+			if err := tx.PutState(st); err != nil {
+				return err
+			}
+		}
+		return tx.AddPending(paths...)
+	})
+}
+
+// PreResult says what `finalize --pre` did.
+type PreResult struct {
+	Staged  *store.StagedID `json:"staged"`
+	Etc     EtcResult       `json:"etc"`
+	Seconds float64         `json:"seconds"`
+}
+
+// Pre seals the precomputed merge before ostree's finalization: what
+// changed since the last refresh is applied and made durable. On any doubt
+// it falls back: ostree's original staged state restored and the staged
+// etc reset to the new defaults, so that ostree's own merge runs as if we
+// had never been there. It returns an error only when even that was not
+// possible (then finalization is locked).
+func Pre(ctx context.Context, cfg Config) (*PreResult, error) {
+	cfg.defaults()
+	start := time.Now()
+	unlock, err := lifecycleLock(ctx, cfg.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap, err := load(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	sys := snap.sys
+	res := &PreResult{Etc: EtcResult{State: store.EtcNone}}
+	if sys.Staged == nil {
+		cfg.Log.Info("finalize --pre: nothing staged")
+		return res, nil
+	}
+	res.Staged = idOf(sys.Staged)
+	done := func(r EtcResult) (*PreResult, error) {
+		res.Etc, res.Seconds = r, time.Since(start).Seconds()
+		if strings.Contains(r.Reason, "fallback failed") {
+			return res, errors.New(r.Reason)
+		}
+		return res, nil
+	}
+
+	if snap.storeErr != nil {
+		// We cannot trust anything we recorded; if the disk holds our
+		// rewrite, the backup copy restores ostree's state.
+		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("runtime store unreadable: %v", snap.storeErr)))
+	}
+	if !sameID(snap.state.Staged, res.Staged) {
+		if snap.state.Staged != nil {
+			cfg.Log.Info("finalize --pre: the precomputed state is for another staged deployment; leaving ostree's state alone")
+		}
+		return done(EtcResult{State: store.EtcNone, Reason: "nothing precomputed for this staged deployment"})
+	}
+	switch snap.state.EtcState {
+	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	default:
+		// Nothing of ours in the staged etc that ostree's merge would not
+		// redo; make sure the staged state is ostree's own.
+		if snap.tookOver() {
+			return done(fallback(ctx, &cfg, sys, "takeover recorded without a precomputed merge"))
+		}
+		return done(EtcResult{State: snap.state.EtcState, Reason: snap.state.EtcReason})
+	}
+	if _, err := refresh(ctx, &cfg, snap, nil, store.EtcSealed); err != nil {
+		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("sealing the /etc merge: %v", err)))
+	}
+	r := EtcResult{State: store.EtcSealed, Takeover: snap.tookOver()}
+	// A takeover is only valid while nothing SELinux-related appeared in
+	// the merged etc since staging.
+	if r.Takeover {
+		if why := takeoverBlocker(&cfg, sys, sys.Booted); why != "" {
+			// Our merge is exact and ostree's merge on top of an exact
+			// result changes nothing, so ostree may merge again.
+			if err := restoreStaged(&cfg, snap.orig); err != nil {
+				return done(fallback(ctx, &cfg, sys, err.Error()))
+			}
+			r.Takeover, r.Reason = false, why
+		}
+	}
+	if r.Reason == "" {
+		r.Reason = "sealed"
+	}
+	if err := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		st.EtcState, st.EtcReason, st.Takeover = r.State, r.Reason, r.Takeover
+		return tx.PutState(st)
+	}); err != nil {
+		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("recording the seal: %v", err)))
+	}
+	cfg.Log.Info("sealed the /etc merge", "takeover", r.Takeover, "seconds", time.Since(start).Seconds())
+	return done(r)
+}
+
+// PostResult says what `finalize --post` did.
+type PostResult struct {
+	Persisted bool          `json:"persisted"`
+	Deleted   *prune.Result `json:"deleted,omitempty"`
+	Reason    string        `json:"reason,omitempty"`
+	Objects   int64         `json:"objects"`
+	Bytes     int64         `json:"bytes"`
+}
+
+// ErrPrediction: the deployment list after finalization is not the one the
+// plan was computed for; the plan is not persisted.
+var ErrPrediction = errors.New("deployment list differs from the prediction")
+
+// Post runs after ostree's finalization succeeded: it checks that the
+// deployment list is the predicted one and persists the plan under the
+// physical sysroot for the next boot (or, with deleteNow, deletes at once).
+// When anything does not match, nothing is persisted and the reason is
+// returned and recorded.
+func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) {
+	cfg.defaults()
+	snap, err := load(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	res := &PostResult{}
+	fail := func(why string, err error) (*PostResult, error) {
+		res.Reason = why
+		cfg.Log.Warn("finalize --post: plan not persisted", "reason", why)
+		store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+			st, err := tx.State()
+			if err != nil {
+				return err
+			}
+			st.PruneState, st.PruneReason = store.PruneInvalid, why
+			return tx.PutState(st)
+		})
+		return res, err
+	}
+	if snap.storeErr != nil {
+		return fail("runtime store unreadable", snap.storeErr)
+	}
+	if snap.state.PruneState != store.PrunePlanned || snap.plan == nil {
+		res.Reason = "no plan"
+		return res, nil
+	}
+	if snap.sys.Staged != nil {
+		return fail("a deployment is still staged: ostree did not finalize", nil)
+	}
+	var predicted []byte
+	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		predicted = tx.Blob(blobPredicted)
+		return nil
+	})
+	var now []string
+	for _, d := range snap.sys.Deployments {
+		now = append(now, d.OSName+" "+d.DeployName())
+	}
+	if string(predicted) != strings.Join(now, "\n") {
+		return fail(fmt.Sprintf("deployments are [%s], predicted [%s]", strings.Join(now, ", "), strings.ReplaceAll(string(predicted), "\n", ", ")),
+			fmt.Errorf("%w", ErrPrediction))
+	}
+	plan, err := prune.UnmarshalPlan(snap.plan)
+	if err != nil {
+		return fail("stored plan unreadable", err)
+	}
+	if plan.RootsHash != snap.state.RootsHash {
+		return fail("stored plan does not match its roots hash", prune.ErrBadPlan)
+	}
+	res.Objects, res.Bytes = int64(plan.Stats.Objects), int64(plan.Stats.Bytes)
+	if deleteNow {
+		r, err := executePlan(ctx, &cfg, snap.sys, plan)
+		res.Deleted = &r
+		if err != nil {
+			return res, err
+		}
+		markCleaned(&cfg)
+		return res, nil
+	}
+	if err := store.WritePlan(cfg.Sysroot, store.PersistedPlan{
+		Plan: snap.plan, RootsHash: plan.RootsHash, Staged: *snap.state.Staged,
+		Objects: res.Objects, Bytes: res.Bytes, CreatedAt: time.Now(),
+	}); err != nil {
+		return fail("writing the plan", err)
+	}
+	res.Persisted = true
+	cfg.Log.Info("prune plan persisted for the next boot", "objects", res.Objects, "bytes", res.Bytes, "path", store.PlanPath(cfg.Sysroot))
+	markCleaned(&cfg)
+	return res, nil
+}
+
+// markCleaned records that the runtime plan has been handed on.
+func markCleaned(cfg *Config) {
+	store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		st.PruneState, st.PruneReason = store.PruneNone, "handed to cleanup"
+		if err := tx.PutBlob(store.BlobPlan, nil); err != nil {
+			return err
+		}
+		return tx.PutState(st)
+	})
+}
+
+// executePlan deletes the plan's objects under the exclusive repository
+// lock, with the live roots of now: every ref plus the current deployments'
+// commits (ostree's cleanup adds the deployments to the refs).
+func executePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, plan *prune.Plan) (prune.Result, error) {
+	deps, err := prune.PredictDeployments(sys)
+	if err != nil {
+		return prune.Result{Remaining: plan.Len()}, err
+	}
+	return prune.ExecuteRepo(ctx, sys.Repo, plan, prune.DeploymentRoots(deps), cfg.LockTimeout, cfg.Progress)
+}
+
+// CleanupResult is what `cleanup --json` prints.
+type CleanupResult struct {
+	Pending    bool    `json:"pending"` // a plan was there
+	Objects    int     `json:"objects"` // deleted
+	Bytes      uint64  `json:"bytes"`   // freed
+	KeptLive   int     `json:"kept_live"`
+	Remaining  int     `json:"remaining"`
+	Seconds    float64 `json:"seconds"`
+	RootsMoved bool    `json:"roots_changed"`
+	Reason     string  `json:"reason,omitempty"`
+}
+
+// Cleanup deletes the persisted plan's objects (next boot) and removes the
+// plan when done. Cancelled (SIGTERM), it stops promptly and persists what
+// is left, so the next run resumes.
+func Cleanup(ctx context.Context, cfg Config) (*CleanupResult, error) {
+	cfg.defaults()
+	start := time.Now()
+	res := &CleanupResult{}
+	pp, err := store.ReadPlan(cfg.Sysroot)
+	if errors.Is(err, store.ErrNotExist) {
+		res.Reason = "nothing pending"
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	res.Pending = true
+	plan, err := prune.UnmarshalPlan(pp.Plan)
+	if err != nil {
+		return res, fmt.Errorf("persisted plan %s: %w", store.PlanPath(cfg.Sysroot), err)
+	}
+	if plan.RootsHash != pp.RootsHash {
+		return res, fmt.Errorf("persisted plan %s: roots hash does not match the plan: %w", store.PlanPath(cfg.Sysroot), prune.ErrBadPlan)
+	}
+	sys, err := ostree.LoadSysroot(cfg.Sysroot, ostree.LoadOptions{RunDir: cfg.RunDir})
+	if err != nil {
+		return res, err
+	}
+	r, err := executePlan(ctx, &cfg, sys, plan)
+	res.Objects, res.Bytes, res.KeptLive, res.Remaining, res.RootsMoved = r.Deleted, r.BytesFreed, r.KeptLive, r.Remaining, r.RootsChanged
+	res.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		// Keep the progress made (deleted or kept-live entries leave the
+		// plan) so the next run resumes where this one stopped.
+		if r.Remaining > 0 && (r.Deleted > 0 || r.KeptLive > 0) {
+			if perr := persistRemaining(&cfg, pp, plan); perr != nil {
+				return res, errors.Join(err, perr)
+			}
+		}
+		res.Reason = "stopped; the rest resumes next time"
+		return res, err
+	}
+	if err := store.RemovePlan(cfg.Sysroot); err != nil {
+		return res, err
+	}
+	cfg.Log.Info("cleanup done", "objects", res.Objects, "bytes", res.Bytes, "kept_live", res.KeptLive, "seconds", res.Seconds)
+	return res, nil
+}
+
+// persistRemaining rewrites the persisted plan with only what is left.
+func persistRemaining(cfg *Config, pp *store.PersistedPlan, plan *prune.Plan) error {
+	rest, err := plan.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(rest, pp.Plan) {
+		return nil
+	}
+	pend := plan.Pending()
+	return store.WritePlan(cfg.Sysroot, store.PersistedPlan{
+		Plan: rest, RootsHash: plan.RootsHash, Staged: pp.Staged,
+		Objects: int64(pend.Objects), Bytes: int64(pend.Bytes), CreatedAt: pp.CreatedAt,
+	})
+}

@@ -1,0 +1,146 @@
+package finalize
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/store"
+)
+
+// Status is `status --json`: stable field names (add, never rename).
+type Status struct {
+	Staged  *StagedStatus      `json:"staged"`
+	Etc     EtcStatus          `json:"etc"`
+	Prune   PruneStatus        `json:"prune"`
+	Cleanup CleanupStatus      `json:"cleanup"`
+	Watcher WatcherStatus      `json:"watcher"`
+	History []store.Transition `json:"history,omitempty"`
+}
+
+type StagedStatus struct {
+	OSName   string `json:"osname"`
+	Checksum string `json:"checksum"`
+	Serial   int    `json:"serial"`
+	Locked   bool   `json:"locked"`
+}
+
+type EtcStatus struct {
+	State        string `json:"state"`
+	PendingPaths int    `json:"pending_paths"`
+	Takeover     bool   `json:"takeover"`
+	Reason       string `json:"reason"`
+}
+
+type PruneStatus struct {
+	State     string `json:"state"`
+	Objects   int64  `json:"objects"`
+	Bytes     int64  `json:"bytes"`
+	RootsHash string `json:"roots_hash"`
+	Reason    string `json:"reason,omitempty"`
+}
+
+type CleanupStatus struct {
+	Pending bool   `json:"pending"`
+	Objects int64  `json:"objects"`
+	Bytes   int64  `json:"bytes"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+type WatcherStatus struct {
+	Running bool `json:"running"`
+}
+
+// GetStatus reads what is staged, precomputed and pending. It only reads
+// (short read transactions, so it answers while the watcher works). A
+// store that cannot be read is reported in the reasons, not as an error:
+// status must always answer.
+func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
+	cfg.defaults()
+	snap, err := load(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Status{
+		Etc:   EtcStatus{State: store.EtcNone},
+		Prune: PruneStatus{State: store.PruneNone},
+	}
+	if d := snap.sys.Staged; d != nil {
+		s.Staged = &StagedStatus{OSName: d.OSName, Checksum: d.Checksum.String(), Serial: d.Serial, Locked: snap.sys.StagedLocked}
+	}
+	switch {
+	case snap.storeErr != nil:
+		s.Etc.Reason = "runtime store unreadable: " + snap.storeErr.Error()
+		s.Prune.Reason = s.Etc.Reason
+	case s.Staged != nil && !sameID(snap.state.Staged, idOf(snap.sys.Staged)):
+		s.Etc.Reason = "not precomputed for this staged deployment (stage has not run)"
+	default:
+		st := snap.state
+		if st.EtcState != "" {
+			s.Etc.State = st.EtcState
+		}
+		s.Etc.Reason, s.Etc.Takeover = st.EtcReason, snap.tookOver()
+		s.Etc.PendingPaths = len(snap.pending)
+		if st.PruneState != "" {
+			s.Prune.State = st.PruneState
+		}
+		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
+		store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+			s.History, _ = tx.History()
+			return nil
+		})
+	}
+	pp, err := store.ReadPlan(cfg.Sysroot)
+	switch {
+	case err == nil:
+		s.Cleanup = CleanupStatus{Pending: true, Objects: pp.Objects, Bytes: pp.Bytes}
+	case !errors.Is(err, store.ErrNotExist):
+		s.Cleanup = CleanupStatus{Pending: true, Reason: "persisted plan unreadable: " + err.Error()}
+	}
+	s.Watcher.Running = watcherRunning(cfg.RunDir)
+	return s, nil
+}
+
+// The watcher holds an exclusive flock on this file while it runs; the
+// kernel drops it when the process dies, so a crashed watcher never looks
+// alive.
+func watchLockPath(runDir string) string {
+	return filepath.Join(runDir, "ostree-prefinalize", "watch.lock")
+}
+
+// watcherRunning tries the watcher's lock without blocking.
+func watcherRunning(runDir string) bool {
+	f, err := os.Open(watchLockPath(runDir))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return errors.Is(err, unix.EWOULDBLOCK)
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}
+
+// holdWatchLock takes the watcher's lock; a second watcher is refused.
+func holdWatchLock(runDir string) (*os.File, error) {
+	dir := filepath.Dir(watchLockPath(runDir))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(watchLockPath(runDir), os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, errors.New("another watcher is running")
+		}
+		return nil, err
+	}
+	return f, nil
+}

@@ -1,0 +1,216 @@
+package finalize
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/store"
+	"github.com/ostree-prefinalize/ostree-prefinalize/watch"
+)
+
+// WatchOptions tune Watch; the zero value is the service's behaviour.
+type WatchOptions struct {
+	// Notify receives sd_notify-style status lines ("READY=1" once, then
+	// "STATUS=..."); nil ignores them.
+	Notify func(state string)
+	// Debounce is the watcher's quiet period (default 250ms).
+	Debounce time.Duration
+	// Poll is how often the staged state file is checked for a re-stage
+	// (default 1s).
+	Poll time.Duration
+}
+
+// Watch keeps the staged etc current until ctx is done: inotify on the
+// booted etc (established before anything is compared, see package watch)
+// drives Refresh. A re-stage (the staged state file replaced by ostree) is
+// noticed and the state rebuilt by Stage for the new deployment. When ctx
+// ends (SIGTERM) it applies what is pending and returns nil.
+func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
+	cfg.defaults()
+	if o.Poll <= 0 {
+		o.Poll = time.Second
+	}
+	notify := func(s string) {
+		if o.Notify != nil {
+			o.Notify(s)
+		}
+	}
+	lock, err := holdWatchLock(cfg.RunDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	ready := false
+	for ctx.Err() == nil {
+		known, err := watchOnce(ctx, &cfg, o, func(status string) {
+			if !ready {
+				notify("READY=1")
+				ready = true
+			}
+			notify("STATUS=" + status)
+		})
+		if err != nil {
+			return err
+		}
+		if known == nil && ctx.Err() == nil {
+			// Nothing to watch: wait for the staged state to change.
+			if err := waitStagedChange(ctx, &cfg, o.Poll, nil); err != nil {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// watchOnce watches for one staged deployment; it returns when ctx ends or
+// the staged state changes (the caller loops). It returns nil bytes when
+// there is nothing to watch.
+func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(string)) ([]byte, error) {
+	snap, err := load(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if snap.sys.Staged == nil {
+		status("nothing staged")
+		return nil, nil
+	}
+	if snap.storeErr != nil || !sameID(snap.state.Staged, idOf(snap.sys.Staged)) || snap.state.EtcState == "" {
+		// Not precomputed for this deployment yet: do it now.
+		if _, err := Stage(ctx, *cfg); err != nil {
+			cfg.Log.Warn("stage from the watcher", "err", err)
+		}
+		if snap, err = load(cfg); err != nil {
+			return nil, err
+		}
+	}
+	switch snap.state.EtcState {
+	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	default:
+		status("not watching: " + snap.state.EtcReason)
+		// Watch only for a re-stage.
+		if err := waitStagedChange(ctx, cfg, o.Poll, snap.disk); err != nil {
+			return snap.disk, nil
+		}
+		return snap.disk, nil
+	}
+	p := pathsOf(snap.sys)
+	w, err := watch.New(p.modified, watch.Options{
+		Debounce: o.Debounce,
+		Queued: func(paths []string) {
+			if err := MarkPending(*cfg, paths); err != nil {
+				cfg.Log.Warn("recording pending paths", "err", err)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	status(fmt.Sprintf("watching %s for %s (%d directories)", p.modified, snap.sys.Staged, w.Dirs()))
+
+	inner, cancel := context.WithCancel(ctx)
+	defer cancel()
+	restage := make(chan struct{}, 1)
+	go func() {
+		if waitStagedChange(inner, cfg, o.Poll, snap.disk) == nil {
+			restage <- struct{}{}
+			cancel()
+		}
+	}()
+	err = w.Run(inner, func(bctx context.Context, b watch.Batch) error {
+		n, err := Refresh(bctx, *cfg, b.Paths)
+		switch {
+		case errors.Is(err, ErrNoMerge) || errors.Is(err, ErrStagedChanged):
+			cancel() // re-stage or fallback: the outer loop decides
+			return nil
+		case err != nil:
+			// The seal will retry everything; say why now.
+			cfg.Log.Warn("applying changed paths", "err", err, "paths", len(b.Paths))
+			status("apply failed: " + err.Error())
+			return nil
+		}
+		if n > 0 || b.Rescan {
+			cfg.Log.Debug("applied", "paths", len(b.Paths), "written", n, "rescan", b.Rescan, "reason", b.Reason)
+		}
+		status(fmt.Sprintf("merge current for %s", snap.sys.Staged))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-restage:
+		cfg.Log.Info("staged state changed; rebuilding")
+	default:
+	}
+	return snap.disk, nil
+}
+
+// waitStagedChange polls the staged state file until its bytes differ from
+// known (nil: until one appears) or ctx ends (then it returns ctx.Err()).
+// Our own takeover rewrite is not a change.
+func waitStagedChange(ctx context.Context, cfg *Config, every time.Duration, known []byte) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var takeover []byte
+	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		takeover = tx.Blob(blobTakeover)
+		return nil
+	})
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		cur, err := os.ReadFile(stagedPath(cfg.RunDir))
+		if err != nil {
+			cur = nil
+		}
+		if bytes.Equal(cur, known) || (takeover != nil && bytes.Equal(cur, takeover)) {
+			continue
+		}
+		return nil
+	}
+}
+
+// lifecycleLock serialises the steps that write the staged etc or the
+// staged state (stage, a watcher batch, finalize --pre): they may run at
+// once (the path unit re-triggers stage while the watcher works).
+func lifecycleLock(ctx context.Context, runDir string) (func(), error) {
+	dir := filepath.Join(runDir, "ostree-prefinalize")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lifecycle.lock"), os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	wait := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for another ostree-prefinalize step: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+		if wait *= 2; wait > 50*time.Millisecond {
+			wait = 50 * time.Millisecond
+		}
+	}
+}

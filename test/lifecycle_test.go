@@ -1,0 +1,138 @@
+package test
+
+// The whole lifecycle against the real ostree 2022.7, on two identical
+// copies of one booted machine: on A, ostree-prefinalize (stage, edits,
+// finalize --pre, real finalize-staged, finalize --post, next boot,
+// cleanup); on B, ostree alone (the same edits, real finalize-staged, next
+// boot, real `ostree admin cleanup`). The new /etc and the object set must
+// be equal, and ostree must not have merged on A.
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
+)
+
+func statusOf(t *testing.T, b *harness.BootedHost) finalize.Status {
+	t.Helper()
+	var st finalize.Status
+	out := b.MustRun("ostree-prefinalize", "status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+func TestLifecycleEndToEnd(t *testing.T) {
+	e := newParityEnv(t)
+	ctx := context.Background()
+	tr := harness.NewTree(harness.TreeOptions{Seed: 1})
+	e.commit("testos/main", tr)
+	e.s.Deploy("testos", "testos/main", "root=LABEL=x")
+	tr2, _ := tr.Churn(0.2, 2)
+	e.commit("testos/main", tr2)
+	d := e.s.Deploy("testos", "testos/main", "root=LABEL=x")
+	b := e.boot(d)
+	tr3, _ := tr2.Churn(0.2, 3)
+	editsBefore := `set -e
+echo changed >> /etc/hostname
+echo new > /etc/added.conf
+mkdir -p /etc/newdir/sub && echo x > /etc/newdir/sub/f && ln -s ../added.conf /etc/newdir/link
+`
+	b.MustShell(editsBefore)
+	e.commit("testos/main", tr3)
+	b.Stage("testos/main")
+	ostreeOnly := b.Copy(t)
+
+	if st := statusOf(t, b); st.Staged == nil || st.Etc.State != "none" {
+		t.Fatalf("status before stage: %+v", st)
+	}
+	out := b.MustRun("ostree-prefinalize", "stage", "--json")
+	var sr finalize.StageResult
+	if err := json.Unmarshal([]byte(out), &sr); err != nil {
+		t.Fatalf("stage --json: %v\n%s", err, out)
+	}
+	if sr.Etc.State != "precomputed" || !sr.Etc.Takeover || sr.Prune.State != "planned" || sr.Prune.Objects == 0 {
+		t.Fatalf("stage: %s", out)
+	}
+	st := statusOf(t, b)
+	if st.Etc.State != "precomputed" || !st.Etc.Takeover || st.Prune.State != "planned" {
+		t.Fatalf("status after stage: %+v", st)
+	}
+	// Idempotent: a second stage keeps the takeover.
+	b.MustRun("ostree-prefinalize", "stage")
+	if st := statusOf(t, b); !st.Etc.Takeover {
+		t.Fatalf("second stage lost the takeover: %+v", st)
+	}
+
+	editsAfter := `set -e
+echo later >> /etc/added.conf
+rm -f /etc/newdir/link
+echo more > /etc/after.conf
+`
+	b.MustShell(editsAfter)
+	ostreeOnly.MustShell(editsBefore[:0] + editsAfter)
+
+	out = b.MustRun("ostree-prefinalize", "finalize", "--pre")
+	if st := statusOf(t, b); st.Etc.State != "sealed" || !st.Etc.Takeover {
+		t.Fatalf("status after --pre: %+v\n%s", st, out)
+	}
+	res, err := b.FinalizeStaged(ctx)
+	if err != nil {
+		t.Fatalf("finalize-staged: %v", err)
+	}
+	if res.Merged {
+		t.Fatalf("ostree merged /etc although we took over:\n%s", res.Stdout)
+	}
+	out = b.MustRun("ostree-prefinalize", "finalize", "--post")
+	if !strings.Contains(out, "Plan persisted") {
+		t.Fatalf("finalize --post: %s", out)
+	}
+	if st := statusOf(t, b); !st.Cleanup.Pending {
+		t.Fatalf("status after --post: %+v", st)
+	}
+
+	ores, err := ostreeOnly.FinalizeStaged(ctx)
+	if err != nil || !ores.Merged {
+		t.Fatalf("ostree-only finalize: merged=%v err=%v\n%s", ores.Merged, err, ores.Stdout)
+	}
+
+	// /etc of the new deployment, entry by entry.
+	nextA := e.s.NextBoot(t, e.opts)
+	nextB := ostreeOnly.Sysroot.NextBoot(t, e.opts)
+	ma, err := harness.TreeManifest(nextA.EtcDir(), harness.ManifestOptions{Xattrs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := harness.TreeManifest(nextB.EtcDir(), harness.ManifestOptions{Xattrs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := ma.Diff(mb); diff != nil {
+		t.Fatalf("/etc differs from ostree's own merge:\n%s", strings.Join(diff, "\n"))
+	}
+
+	before := parityObjects(t, e.s.Repo)
+	out = nextA.MustRun("ostree-prefinalize", "cleanup", "--json", "--foreground")
+	var cr finalize.CleanupResult
+	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Objects == 0 {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	nextB.MustRun("ostree", "admin", "cleanup")
+	after := parityObjects(t, e.s.Repo)
+	want := parityObjects(t, ostreeOnly.Sysroot.Repo)
+	if d1, d2 := setMinus(after, want), setMinus(want, after); len(d1)+len(d2) > 0 {
+		t.Fatalf("objects after our cleanup differ from ostree's: extra %v, missing %v", d1, d2)
+	}
+	if len(before)-len(after) != cr.Objects {
+		t.Fatalf("cleanup says %d deleted, %d went", cr.Objects, len(before)-len(after))
+	}
+	nextA.MustRun("ostree", "fsck")
+	if st := statusOf(t, nextA); st.Cleanup.Pending {
+		t.Fatalf("cleanup still pending: %+v", st)
+	}
+}

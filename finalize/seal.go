@@ -324,14 +324,12 @@ func markCleaned(cfg *Config) {
 }
 
 // executePlan deletes the plan's objects under the exclusive repository
-// lock, with the live roots of now: every ref plus the current deployments'
-// commits (ostree's cleanup adds the deployments to the refs).
+// lock, with the live roots of now: every ref plus the commit of every
+// deployment on disk, the staged one included (ostree's cleanup adds the
+// deployments to the refs; a deployment staged since planning must keep
+// its objects whatever finalization will later decide).
 func executePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, plan *prune.Plan) (prune.Result, error) {
-	deps, err := prune.PredictDeployments(sys)
-	if err != nil {
-		return prune.Result{Remaining: plan.Len()}, err
-	}
-	return prune.ExecuteRepo(ctx, sys.Repo, plan, prune.DeploymentRoots(deps), cfg.LockTimeout, cfg.Progress)
+	return prune.ExecuteRepo(ctx, sys.Repo, plan, prune.DeploymentRoots(sys.Deployments), cfg.LockTimeout, cfg.Progress)
 }
 
 // CleanupResult is what `cleanup --json` prints.

@@ -15,6 +15,13 @@
 // re-checks the roots against the live repository and deletes in the order
 // commits → trees → content.
 //
+// The roots come from roots.go: PredictDeployments is the deployment list
+// that ostree's finalization of the staged deployment will write (staged
+// first, then every deployment that is pinned, of another stateroot, booted
+// or the merge deployment), PostFinalizeRoots the refs that survive the
+// regeneration of the deployment refs ostree/B/S/I plus those deployments'
+// commits: what the next `ostree admin cleanup` starts from.
+//
 // The algorithm knows nothing of storage: the children function, the
 // object lister and the deleter are supplied by the repository binding
 // (repo.go: RepoChildren, RepoLister, RepoDeleter, RepoLive, and PlanRepo /

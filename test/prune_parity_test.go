@@ -319,6 +319,7 @@ type baseline struct {
 	churn             float64
 	beforeStage       func()
 	extraDeployBefore func()
+	stageArgs         []string
 }
 
 func (bl *baseline) build(t *testing.T) {
@@ -344,7 +345,7 @@ func (bl *baseline) build(t *testing.T) {
 	if bl.beforeStage != nil {
 		bl.beforeStage()
 	}
-	if st := bl.h.Stage("testos/main"); st.Checksum != bl.c3 {
+	if st := bl.h.Stage("testos/main", bl.stageArgs...); st.Checksum != bl.c3 {
 		t.Fatalf("staged %s, want %s", st.Checksum, bl.c3)
 	}
 }
@@ -743,4 +744,22 @@ func TestParityTakeover(t *testing.T) {
 		t.Errorf("takeover changes the prediction: %q vs %q", predictedNames(fromLive), predictedNames(fromOrig))
 	}
 	checkParity(t, e, h, true)
+}
+
+// Locked finalization (--lock-finalization): ostree does not finalize at
+// shutdown, the staged deployment is gone after the reboot, and cleanup
+// works from the current list.
+func TestParityLockedFinalization(t *testing.T) {
+	e := newParityEnv(t)
+	bl := &baseline{e: e, stageArgs: []string{"--lock-finalization"}}
+	var orphan string
+	bl.beforeStage = func() { orphan = e.commit("", harness.NewTree(harness.TreeOptions{Seed: 3})) }
+	bl.build(t)
+	if _, err := os.Stat(filepath.Join(bl.h.RunDir, "ostree/staged-deployment-locked")); err != nil {
+		t.Fatalf("not locked: %v", err)
+	}
+	r := checkParity(t, e, bl.h, true)
+	if !slices.Contains(r.planned, orphan+".commit") || slices.Contains(r.planned, bl.c1+".commit") {
+		t.Errorf("locked: orphan %s must go, rollback %s stay", orphan, bl.c1)
+	}
 }

@@ -8,8 +8,15 @@ E2E     ?= 1
 FUZZTIME ?= 60s
 FUZZLONG ?= 5m
 DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR  ?= $(PREFIX)/share/man
+BUILDDIR := bin
+UNITS   := ostree-prefinalize.path ostree-prefinalize-stage.service ostree-prefinalize-watch.service ostree-prefinalize-seal.service \
+	ostree-prefinalize-cleanup.service ostree-prefinalize-cleanup.timer \
+	ostree-prefinalize-metrics.service ostree-prefinalize-metrics.timer
+DROPIN  := ostree-finalize-staged.service.d/ostree-prefinalize.conf
 
-.PHONY: all deps build test demo bench fuzz fuzz-long stress install clean vet
+.PHONY: all deps build test demo bench fuzz fuzz-long stress install clean vet man completions systemd-verify
 
 all: build
 
@@ -55,8 +62,35 @@ fuzz-long:
 stress: deps build
 	OSTREE_PREFINALIZE_E2E=1 OSTREE_PREFINALIZE_STRESS=1 $(GO) test -count=1 -timeout 120m ./test/...
 
-install: build
+# Man pages (section 8) from the commands' own help, with cobra/doc; the
+# generator is built only with -tags genman, so the binary does not carry it.
+man:
+	rm -rf $(BUILDDIR)/man
+	$(GO) run -tags genman ./cmd/ostree-prefinalize genman $(BUILDDIR)/man
+
+completions: build
+	mkdir -p $(BUILDDIR)/completions
+	$(BIN) completion bash > $(BUILDDIR)/completions/ostree-prefinalize.bash
+	$(BIN) completion zsh > $(BUILDDIR)/completions/_ostree-prefinalize
+	$(BIN) completion fish > $(BUILDDIR)/completions/ostree-prefinalize.fish
+
+# DESTDIR aware; the units name $(PREFIX)/bin/ostree-prefinalize.
+install: build man completions
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ostree-prefinalize
+	install -d $(DESTDIR)$(UNITDIR)/ostree-finalize-staged.service.d
+	for u in $(UNITS) $(DROPIN); do \
+		sed 's|/usr/bin/ostree-prefinalize|$(PREFIX)/bin/ostree-prefinalize|g' dist/systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -d $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(BUILDDIR)/man/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -D -m 0644 $(BUILDDIR)/completions/ostree-prefinalize.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/ostree-prefinalize
+	install -D -m 0644 $(BUILDDIR)/completions/_ostree-prefinalize $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_ostree-prefinalize
+	install -D -m 0644 $(BUILDDIR)/completions/ostree-prefinalize.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/ostree-prefinalize.fish
+
+# systemd-analyze verify on the installed units (TestSystemdVerify).
+systemd-verify: deps
+	OSTREE_PREFINALIZE_E2E=1 $(GO) test -count=1 -run 'TestSystemd' ./test/
 
 clean:
 	rm -rf bin

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
@@ -345,7 +346,7 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 		} else {
 			r.Takeover = true
 			recordEtc(cfg, r, blBytes, enc)
-			log.Info("took over the /etc merge", "modified", r.Modified, "removed", r.Removed, "added", r.Added)
+			log.Info("took over the /etc merge", slog.String(msgid.Key, msgid.Takeover), "modified", r.Modified, "removed", r.Removed, "added", r.Added)
 			return r
 		}
 	}
@@ -449,7 +450,7 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 			r.Reason += "; finalization locked: the update is not applied at this shutdown"
 		}
 	}
-	log.Warn("fell back to ostree's own /etc merge", "reason", r.Reason)
+	log.Warn("fell back to ostree's own /etc merge", slog.String(msgid.Key, msgid.Fallback), "reason", r.Reason)
 	recordEtc(cfg, r, nil, nil)
 	return r
 }

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
@@ -71,6 +73,18 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	all = append(all, snap.pending...)
 	n := 0
 	if len(all) > 0 {
+		interrupted, err := beginApplying(cfg.RunDir)
+		if err != nil {
+			return 0, err
+		}
+		if interrupted {
+			// An earlier refresh died while writing (SIGKILL, power
+			// loss): a temporary file of an unfinished write may be left
+			// in a directory that no path of ours names. Reconciling the
+			// whole etc removes it (and redoes anything half done).
+			cfg.Log.Info("an earlier apply was interrupted; reconciling the whole staged etc")
+			all = append(all, "")
+		}
 		n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)
 		if err != nil {
 			return n, err
@@ -94,6 +108,9 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		if err := tx.PutBlob(store.BlobBaseline, nbBytes); err != nil {
 			return err
 		}
+		if err := tx.PutBlob(blobApplying, nil); err != nil {
+			return err
+		}
 		st.EtcState = newState
 		if len(all) > 0 {
 			st.EtcReason = fmt.Sprintf("applied %d changed paths", len(all))
@@ -101,6 +118,23 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		return tx.PutState(st)
 	})
 	return n, err
+}
+
+// blobApplying is set while a refresh writes the staged etc and cleared
+// with the new baseline: found set, it means a refresh died mid-write.
+const blobApplying = "applying"
+
+// beginApplying marks a refresh as writing and reports whether the mark
+// was already there (the previous one never finished).
+func beginApplying(runDir string) (interrupted bool, err error) {
+	err = store.UpdateRuntime(runDir, func(tx *store.RuntimeTx) error {
+		interrupted = tx.Blob(blobApplying) != nil
+		if interrupted {
+			return nil
+		}
+		return tx.PutBlob(blobApplying, []byte{1})
+	})
+	return interrupted, err
 }
 
 // MarkPending records paths the watcher has seen but not applied yet, so
@@ -201,6 +235,15 @@ func Pre(ctx context.Context, cfg Config) (*PreResult, error) {
 			r.Takeover, r.Reason = false, why
 		}
 	}
+	if r.Reason == "" && !r.Takeover {
+		// Say why ostree still merges, as stage did: status shows the
+		// reason of the last step.
+		if why := takeoverBlocker(&cfg, sys, sys.Booted); why != "" {
+			r.Reason = "sealed; ostree merges: " + why
+		} else {
+			r.Reason = "sealed; ostree merges on top (no takeover at staging)"
+		}
+	}
 	if r.Reason == "" {
 		r.Reason = "sealed"
 	}
@@ -214,7 +257,7 @@ func Pre(ctx context.Context, cfg Config) (*PreResult, error) {
 	}); err != nil {
 		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("recording the seal: %v", err)))
 	}
-	cfg.Log.Info("sealed the /etc merge", "takeover", r.Takeover, "seconds", time.Since(start).Seconds())
+	cfg.Log.Info("sealed the /etc merge", slog.String(msgid.Key, msgid.Seal), "takeover", r.Takeover, "seconds", time.Since(start).Seconds())
 	return done(r)
 }
 
@@ -244,6 +287,10 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 	}
 	res := &PostResult{}
 	fail := func(why string, err error) (*PostResult, error) {
+		// status shows the cause too (e.g. which write failed, and how).
+		if err != nil && !strings.Contains(why, err.Error()) {
+			why += ": " + err.Error()
+		}
 		res.Reason = why
 		cfg.Log.Warn("finalize --post: plan not persisted", "reason", why)
 		store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
@@ -287,8 +334,14 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		return fail("stored plan does not match its roots hash", prune.ErrBadPlan)
 	}
 	res.Objects, res.Bytes = int64(plan.Stats.Objects), int64(plan.Stats.Bytes)
+	// A read-only /sysroot is made writable for the write only (as ostree
+	// does); everything above only read.
 	if deleteNow {
-		r, err := executePlan(ctx, &cfg, snap.sys, plan)
+		var r prune.Result
+		err := withWritableSysroot(cfg.Sysroot, func() (err error) {
+			r, err = executePlan(ctx, &cfg, snap.sys, plan)
+			return err
+		})
 		res.Deleted = &r
 		if err != nil {
 			return res, err
@@ -296,14 +349,16 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		markCleaned(&cfg)
 		return res, nil
 	}
-	if err := store.WritePlan(cfg.Sysroot, store.PersistedPlan{
-		Plan: snap.plan, RootsHash: plan.RootsHash, Staged: *snap.state.Staged,
-		Objects: res.Objects, Bytes: res.Bytes, CreatedAt: time.Now(),
+	if err := withWritableSysroot(cfg.Sysroot, func() error {
+		return store.WritePlan(cfg.Sysroot, store.PersistedPlan{
+			Plan: snap.plan, RootsHash: plan.RootsHash, Staged: *snap.state.Staged,
+			Objects: res.Objects, Bytes: res.Bytes, CreatedAt: time.Now(),
+		})
 	}); err != nil {
 		return fail("writing the plan", err)
 	}
 	res.Persisted = true
-	cfg.Log.Info("prune plan persisted for the next boot", "objects", res.Objects, "bytes", res.Bytes, "path", store.PlanPath(cfg.Sysroot))
+	cfg.Log.Info("prune plan persisted for the next boot", slog.String(msgid.Key, msgid.PlanPersisted), "objects", res.Objects, "bytes", res.Bytes, "path", store.PlanPath(cfg.Sysroot))
 	markCleaned(&cfg)
 	return res, nil
 }
@@ -371,24 +426,33 @@ func Cleanup(ctx context.Context, cfg Config) (*CleanupResult, error) {
 	if err != nil {
 		return res, err
 	}
-	r, err := executePlan(ctx, &cfg, sys, plan)
-	res.Objects, res.Bytes, res.KeptLive, res.Remaining, res.RootsMoved = r.Deleted, r.BytesFreed, r.KeptLive, r.Remaining, r.RootsChanged
-	res.Seconds = time.Since(start).Seconds()
-	if err != nil {
-		// Keep the progress made (deleted or kept-live entries leave the
-		// plan) so the next run resumes where this one stopped.
-		if r.Remaining > 0 && (r.Deleted > 0 || r.KeptLive > 0) {
-			if perr := persistRemaining(&cfg, pp, plan); perr != nil {
-				return res, errors.Join(err, perr)
+	// Every write below (deletions, the rewritten or removed plan) goes
+	// through a writable sysroot, remounted privately when /sysroot is
+	// read-only, as ostree does.
+	err = withWritableSysroot(cfg.Sysroot, func() error {
+		r, err := executePlan(ctx, &cfg, sys, plan)
+		res.Objects, res.Bytes, res.KeptLive, res.Remaining, res.RootsMoved = r.Deleted, r.BytesFreed, r.KeptLive, r.Remaining, r.RootsChanged
+		res.Seconds = time.Since(start).Seconds()
+		if err != nil {
+			// Keep the progress made (deleted or kept-live entries leave
+			// the plan) so the next run resumes where this one stopped.
+			// Execute reports only durable deletions as done, so the
+			// rewritten plan never forgets an object that a power loss
+			// could bring back.
+			if r.Remaining > 0 && (r.Deleted > 0 || r.KeptLive > 0) {
+				if perr := persistRemaining(&cfg, pp, plan); perr != nil {
+					return errors.Join(err, perr)
+				}
 			}
+			res.Reason = "stopped; the rest resumes next time"
+			return err
 		}
-		res.Reason = "stopped; the rest resumes next time"
+		return store.RemovePlan(cfg.Sysroot)
+	})
+	if err != nil {
 		return res, err
 	}
-	if err := store.RemovePlan(cfg.Sysroot); err != nil {
-		return res, err
-	}
-	cfg.Log.Info("cleanup done", "objects", res.Objects, "bytes", res.Bytes, "kept_live", res.KeptLive, "seconds", res.Seconds)
+	cfg.Log.Info("cleanup done", slog.String(msgid.Key, msgid.CleanupDone), "objects", res.Objects, "bytes", res.Bytes, "kept_live", res.KeptLive, "seconds", res.Seconds)
 	return res, nil
 }
 

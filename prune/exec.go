@@ -2,6 +2,7 @@ package prune
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -96,7 +97,11 @@ const nPhases = 4
 // at once and returns ctx's error with the counts so far. A Delete error
 // stops it too, naming the object. Either way the plan records which
 // entries are done, and Execute may be called again on the same plan to
-// finish (Remaining lists what is left).
+// finish (Remaining lists what is left). An entry is recorded as done only
+// once its deletion is durable: before returning, Execute syncs what it
+// deleted since the last Sync, and if that Sync fails those entries go back
+// to pending (and out of the counts), so a persisted Remaining never omits
+// an object whose unlink a power loss could undo.
 //
 // progress, if not nil, is called after every object with the number of
 // entries done (deleted or kept) and the plan's size.
@@ -112,7 +117,40 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 			done++
 		}
 	}
+	// fresh are the entries this run marked deleted since the last
+	// successful Sync. An entry marked deleted leaves the plan that a
+	// caller persists (MarshalBinary keeps only pending entries), so it may
+	// only stay marked once its unlink is durable: otherwise a power loss
+	// after the persisted plan forgot a commit could bring the commit back
+	// while a later run deletes its trees, breaking invariant 2 for good.
+	var fresh []int
+	syncFresh := func() error {
+		if err := deleter.Sync(); err != nil {
+			// Not durable: back to pending (deleting again is harmless,
+			// an object already gone is not an error).
+			for _, i := range fresh {
+				e := &p.entries[i]
+				e.state = statePending
+				res.Deleted--
+				res.BytesFreed -= e.Size
+				done--
+			}
+			fresh = fresh[:0]
+			return err
+		}
+		fresh = fresh[:0]
+		return nil
+	}
 	finish := func(err error) (Result, error) {
+		if len(fresh) > 0 {
+			// Stopping (cancelled or failed): make what this run deleted
+			// durable before the caller records it as done. This costs
+			// one syncfs even after SIGTERM; without it the record could
+			// outrun the disk.
+			if serr := syncFresh(); serr != nil {
+				err = errors.Join(err, fmt.Errorf("sync after deleting: %w", serr))
+			}
+		}
 		res.Remaining = total - done
 		return res, err
 	}
@@ -161,7 +199,7 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 			// trees before content. Between commits and their detached
 			// metadata a process crash suffices (a .commitmeta that
 			// outlives its commit after a power loss is inert).
-			if err := deleter.Sync(); err != nil {
+			if err := syncFresh(); err != nil {
 				return finish(fmt.Errorf("sync before deleting %s: %w", phaseName(ph), err))
 			}
 			unsynced = false
@@ -194,6 +232,7 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 				}
 			}
 			e.state = stateDeleted
+			fresh = append(fresh, i)
 			res.Deleted++
 			res.BytesFreed += e.Size
 			done++
@@ -203,7 +242,7 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 		}
 	}
 	if unsynced {
-		if err := deleter.Sync(); err != nil {
+		if err := syncFresh(); err != nil {
 			return finish(fmt.Errorf("sync after deleting: %w", err))
 		}
 	}

@@ -472,6 +472,7 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 			cache = "cold"
 		}
 		var times [nSides]sample
+		var bds []execBreakdown
 		for i := 0; i < runs; i++ {
 			for k := 0; k < nSides; k++ {
 				side := (i + k) % nSides // rotate the order
@@ -481,7 +482,12 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 					var run func() error
 					switch side {
 					case sideOurs:
-						run = func() error { return executeOurs(ctx, dst, fx.plan, entries) }
+						runDir := t.TempDir()
+						run = func() error {
+							b, err := executeOurs(ctx, dst, fx.plan, entries, runDir)
+							bds = append(bds, b)
+							return err
+						}
 					case sideCleanup:
 						run = func() error {
 							_, _, err := harness.RunOstree(ctx, "admin", "cleanup", "--sysroot="+dst)
@@ -522,7 +528,7 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 		rep.add(fmt.Sprintf("execute, %s cache: ours vs ostree admin cleanup", cache),
 			fmtDur(times[sideOurs].median()), fmtDur(times[sideCleanup].median()),
 			fmt.Sprintf("%.2f×", rc), goal(rc <= 0.6, "≤0.6×"),
-			times[sideOurs].spread(), times[sideCleanup].spread(), "")
+			times[sideOurs].spread(), times[sideCleanup].spread(), breakdownNote(bds))
 		rr := ratio(times[sideOurs], times[sideRm])
 		rep.add(fmt.Sprintf("execute, %s cache: ours vs xargs -0 rm -f (floor)", cache),
 			fmtDur(times[sideOurs].median()), fmtDur(times[sideRm].median()),
@@ -535,29 +541,66 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 // open the repository, load the sysroot (its deployments are the live roots
 // besides the refs), rebuild the plan from its parts (as from the persisted
 // plan, validating every entry) and execute it under the repository lock.
-func executeOurs(ctx context.Context, sysroot string, plan *prune.Plan, entries []prune.Entry) error {
-	runDir, err := os.MkdirTemp("", "bench-run")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(runDir)
+//
+// It also returns where the time went, from the progress callback (called
+// after every object): setup (up to the first deletion), the deletions, and
+// the syncs between phases and at the end (the gaps at phase boundaries).
+func executeOurs(ctx context.Context, sysroot string, plan *prune.Plan, entries []prune.Entry, runDir string) (execBreakdown, error) {
+	start := time.Now()
+	var bd execBreakdown
 	sys, err := ostree.LoadSysroot(sysroot, ostree.LoadOptions{RunDir: runDir, NoBooted: true})
 	if err != nil {
-		return err
+		return bd, err
 	}
 	p, err := prune.NewPlan(plan.Roots, plan.FileSuffix, entries)
 	if err != nil {
-		return err
+		return bd, err
 	}
-	res, err := prune.ExecuteRepo(ctx, sys.Repo, p, prune.DeploymentRoots(sys.Deployments), time.Minute, nil)
+	// Cumulative counts at the ends of the phases that Execute syncs after
+	// (commit+commitmeta, dirtree): the gap to the next progress call is
+	// mostly that sync.
+	var ends []int
+	n := 0
+	for _, ty := range []ostree.ObjectType{ostree.ObjCommit, ostree.ObjDirTree} {
+		for _, e := range entries {
+			if e.Type == ty || (ty == ostree.ObjCommit && e.Type == ostree.ObjCommitMeta) {
+				n++
+			}
+		}
+		ends = append(ends, n)
+	}
+	var first, last time.Time
+	var boundary time.Time
+	progress := func(done, total int) {
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		if !boundary.IsZero() {
+			bd.Syncs += now.Sub(boundary)
+			boundary = time.Time{}
+		}
+		if slices.Contains(ends, done) && done < total {
+			boundary = now
+		}
+		last = now
+	}
+	res, err := prune.ExecuteRepo(ctx, sys.Repo, p, prune.DeploymentRoots(sys.Deployments), time.Minute, progress)
+	end := time.Now()
 	if err != nil {
-		return err
+		return bd, err
 	}
 	if res.RootsChanged || res.Deleted != p.Len() {
-		return fmt.Errorf("execute: %+v, want all %d deleted with unchanged roots", res, p.Len())
+		return bd, fmt.Errorf("execute: %+v, want all %d deleted with unchanged roots", res, p.Len())
 	}
-	return nil
+	bd.Setup = first.Sub(start)
+	bd.Syncs += end.Sub(last)
+	bd.Delete = end.Sub(start) - bd.Setup - bd.Syncs
+	return bd, nil
 }
+
+// execBreakdown splits our execution time (see executeOurs).
+type execBreakdown struct{ Setup, Delete, Syncs time.Duration }
 
 // writeRmList writes the planned objects' paths, NUL-terminated, in the
 // order our execution deletes them (commits, commitmeta, dirtrees, rest).
@@ -592,4 +635,13 @@ func writeRmList(t testing.TB, repo string, p *prune.Plan) string {
 		t.Fatal(err)
 	}
 	return f.Name()
+}
+
+// breakdownNote is the median of each part of our execution.
+func breakdownNote(bds []execBreakdown) string {
+	var setup, del, syncs sample
+	for _, b := range bds {
+		setup, del, syncs = append(setup, b.Setup), append(del, b.Delete), append(syncs, b.Syncs)
+	}
+	return fmt.Sprintf("ours: setup %s, unlinks %s, syncfs %s (medians)", fmtDur(setup.median()), fmtDur(del.median()), fmtDur(syncs.median()))
 }

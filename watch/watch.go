@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -47,13 +48,18 @@ type Options struct {
 	// delivered (default 250ms).
 	Debounce time.Duration
 	// MaxDelay caps how long a path waits under continuous activity
-	// (default 2s).
+	// (default 2s, or Debounce if that is longer).
 	MaxDelay time.Duration
 	// MaxPaths delivers a batch early once this many paths wait (default 4096).
 	MaxPaths int
-	// Queued, if set, is called from the watcher goroutine with paths as they
-	// first become pending (so `status` can show them while they wait). It
-	// must be quick.
+	// Queued, if set, is told the paths that became pending (so `status`
+	// can show them while they wait). It runs on a goroutine of its own,
+	// never concurrently with itself or with the handler, so a slow Queued
+	// (a store transaction with an fsync) never stalls the reading of
+	// events: paths that arrive meanwhile are coalesced into its next call.
+	// Before a batch is handled, every Queued call in progress has returned
+	// and paths not yet told are dropped (the batch applies them), so a
+	// Queued call never follows the batch that applied its paths.
 	Queued func(paths []string)
 }
 
@@ -62,7 +68,9 @@ func (o *Options) defaults() {
 		o.Debounce = 250 * time.Millisecond
 	}
 	if o.MaxDelay <= 0 {
-		o.MaxDelay = 2 * time.Second
+		// Never shorter than the debounce asked for: a MaxDelay below it
+		// would make the debounce meaningless.
+		o.MaxDelay = max(2*time.Second, o.Debounce)
 	}
 	if o.MaxPaths <= 0 {
 		o.MaxPaths = 4096
@@ -192,11 +200,14 @@ func (w *Watcher) Run(ctx context.Context, handle func(context.Context, Batch) e
 	var first time.Time // when the oldest pending change arrived
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	q := startQueuer(w.opts.Queued)
+	defer q.stop()
 
 	flush := func(hctx context.Context) error {
 		if !rescan && len(pending) == 0 {
 			return nil
 		}
+		q.drop()
 		b := Batch{Rescan: rescan, Reason: reason, Paths: make([]string, 0, len(pending))}
 		for p := range pending {
 			b.Paths = append(b.Paths, p)
@@ -258,7 +269,7 @@ func (w *Watcher) Run(ctx context.Context, handle func(context.Context, Batch) e
 			if !ok {
 				return fmt.Errorf("watch %s: inotify closed", w.root)
 			}
-			if err := w.event(ev, pending, needRescan); err != nil {
+			if err := w.event(ev, pending, needRescan, q.add); err != nil {
 				return err
 			}
 			if first.IsZero() {
@@ -283,7 +294,7 @@ func rescanReason(err error) string {
 	return "inotify error: " + err.Error()
 }
 
-func (w *Watcher) event(ev fsnotify.Event, pending map[string]bool, needRescan func(string) error) error {
+func (w *Watcher) event(ev fsnotify.Event, pending map[string]bool, needRescan func(string) error, queued func([]string)) error {
 	rel, ok := w.rel(filepath.Clean(ev.Name))
 	if !ok || rel == "" {
 		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
@@ -325,10 +336,80 @@ func (w *Watcher) event(ev fsnotify.Event, pending map[string]bool, needRescan f
 			}
 		}
 	}
-	if len(fresh) > 0 && w.opts.Queued != nil {
-		w.opts.Queued(fresh)
+	if len(fresh) > 0 {
+		queued(fresh)
 	}
 	return nil
+}
+
+// queuer calls Options.Queued off the event loop: add never blocks, the
+// paths added while a call is in progress go into the next call together.
+type queuer struct {
+	fn     func([]string)
+	mu     sync.Mutex // guards buf
+	buf    []string
+	callMu sync.Mutex // held during a call of fn
+	kick   chan struct{}
+	done   chan struct{}
+}
+
+func startQueuer(fn func([]string)) *queuer {
+	q := &queuer{fn: fn, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if fn == nil {
+		close(q.done)
+		return q
+	}
+	go func() {
+		defer close(q.done)
+		for range q.kick {
+			q.callMu.Lock()
+			q.mu.Lock()
+			b := q.buf
+			q.buf = nil
+			q.mu.Unlock()
+			if len(b) > 0 {
+				q.fn(b)
+			}
+			q.callMu.Unlock()
+		}
+	}()
+	return q
+}
+
+// add hands paths to the next call of fn.
+func (q *queuer) add(paths []string) {
+	if q.fn == nil {
+		return
+	}
+	q.mu.Lock()
+	q.buf = append(q.buf, paths...)
+	q.mu.Unlock()
+	select {
+	case q.kick <- struct{}{}:
+	default: // a call is already due; it takes these too
+	}
+}
+
+// drop waits for a call in progress and forgets the paths not yet told:
+// the batch about to be handled holds them all.
+func (q *queuer) drop() {
+	if q.fn == nil {
+		return
+	}
+	q.callMu.Lock()
+	q.mu.Lock()
+	q.buf = nil
+	q.mu.Unlock()
+	q.callMu.Unlock()
+}
+
+// stop ends the goroutine after its call in progress (Run returns only
+// then, so fn is never called after Run).
+func (q *queuer) stop() {
+	if q.fn != nil {
+		close(q.kick)
+	}
+	<-q.done
 }
 
 // injectFault makes Run behave as if inotify had reported err (tests).

@@ -293,3 +293,72 @@ func TestCancelFlushesPending(t *testing.T) {
 		t.Fatalf("pending path not flushed on cancel: %s", why)
 	}
 }
+
+// A long debounce is not cut short by the default MaxDelay.
+func TestMaxDelayDefaultFollowsDebounce(t *testing.T) {
+	o := Options{Debounce: time.Hour}
+	o.defaults()
+	if o.MaxDelay != time.Hour {
+		t.Fatalf("MaxDelay = %v for a debounce of an hour", o.MaxDelay)
+	}
+	o = Options{}
+	o.defaults()
+	if o.Debounce != 250*time.Millisecond || o.MaxDelay != 2*time.Second {
+		t.Fatalf("defaults: %+v", o)
+	}
+}
+
+// A slow Queued (the store's fsync) neither stalls the events nor gets one
+// call per path: calls are coalesced, and no path is told after the batch
+// that applied it unless it changed again.
+func TestSlowQueuedIsCoalesced(t *testing.T) {
+	root := t.TempDir()
+	var mu sync.Mutex
+	calls, told := 0, 0
+	var late []string
+	var mp *mirror // set once start returns
+	_, m, _, _ := start(t, root, Options{Queued: func(p []string) {
+		time.Sleep(20 * time.Millisecond) // a slow store transaction, not synchronisation
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		told += len(p)
+		if mp == nil {
+			return
+		}
+		handled := map[string]bool{}
+		mp.mu.Lock()
+		for _, b := range mp.log {
+			for _, s := range b.Paths {
+				handled[s] = true
+			}
+		}
+		mp.mu.Unlock()
+		for _, s := range p {
+			if handled[s] {
+				late = append(late, s)
+			}
+		}
+	}})
+	mu.Lock()
+	mp = m
+	mu.Unlock()
+	converge(t, m)
+	for i := 0; i < 2000; i++ {
+		write(t, filepath.Join(root, fmt.Sprintf("d%d/f%d", i%20, i)), "x")
+	}
+	converge(t, m)
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d Queued calls told %d paths", calls, told)
+	// Reading events never waits for Queued, so the kernel queue does not
+	// overflow and every path is told (once), in few calls.
+	if told < 2020 || calls > told/10 {
+		t.Fatalf("%d Queued calls told %d of 2,020 paths: events stalled or calls not coalesced", calls, told)
+	}
+	if len(late) > 0 {
+		// Each path was written once, so being told after a batch held it
+		// means Queued ran after the batch.
+		t.Fatalf("paths told after their batch: %v", late[:min(len(late), 5)])
+	}
+}

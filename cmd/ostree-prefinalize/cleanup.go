@@ -13,19 +13,33 @@ func newCleanupCmd(g *globalOpts) *cobra.Command {
 	var foreground, asJSON bool
 	c := &cobra.Command{
 		Use:   "cleanup [--foreground] [--json]",
-		Short: "Delete the objects of the persisted plan (next boot)",
-		Long: `Delete exactly the objects the plan persisted by 'finalize --post' names,
-under ostree's exclusive repository lock, after checking that no ref or
-deployment added since reaches them. No reachability crawl of the whole
-repository. SIGTERM stops it promptly; the rest resumes next time.
-Without --foreground it lowers its own CPU and I/O priority (idle class).`,
-		Args: noArgs,
+		Short: "At next boot: delete the objects the finalized update left unreachable",
+		Long: `Delete exactly the repository objects that 'finalize --post' planned at
+the last shutdown, then remove the plan. Normally started by
+ostree-prefinalize-cleanup.timer some minutes after boot.
+
+It takes ostree's exclusive repository lock (so no pull or prune runs at
+the same time) and first checks that no ref or deployment added since the
+plan was made reaches a planned object: such objects are kept. There is no
+crawl of the whole repository, unlike 'ostree admin cleanup'.
+
+SIGTERM (e.g. shutdown) stops it promptly; what is left is kept and the next
+run resumes. Without --foreground it lowers its own CPU and I/O priority
+(idle class), so it never competes with the boot; use --foreground in
+first-boot provisioning to get it done fast.
+
+With no plan pending it does nothing and exits 0.`,
+		Example: `  ostree-prefinalize cleanup --foreground --json`,
+		Args:    noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg := g.config()
 			if !foreground {
 				lowerPriority()
 			}
+			report, stop := countProgress(progressFile(g.stderr), "deleting")
+			cfg.Progress = report
 			res, err := finalize.Cleanup(c.Context(), cfg)
+			stop()
 			if res != nil {
 				if asJSON {
 					printJSON(c.OutOrStdout(), res)
@@ -39,14 +53,15 @@ Without --foreground it lowers its own CPU and I/O priority (idle class).`,
 			return err
 		},
 	}
-	c.Flags().BoolVar(&foreground, "foreground", false, "run at normal priority (first-boot provisioning)")
-	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary")
+	c.Flags().BoolVar(&foreground, "foreground", false, "run at normal CPU and I/O priority (first-boot provisioning)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary: objects, bytes, seconds, kept_live, remaining")
 	return c
 }
 
 // lowerPriority moves this process to the idle I/O class and niceness 19,
 // unless the unit already did (lowering twice is harmless: both are
-// idempotent, and a lower priority is never raised).
+// idempotent, and a lower priority is never raised). Failures are ignored:
+// priority is a courtesy, not a condition for deleting correctly.
 func lowerPriority() {
 	const ioprioClassIdle = 3
 	const ioprioWhoProcess = 1

@@ -13,14 +13,23 @@ func newFinalizeCmd(g *globalOpts) *cobra.Command {
 	var pre, post, deleteNow, asJSON bool
 	c := &cobra.Command{
 		Use:   "finalize (--pre | --post [--delete-now])",
-		Short: "Seal before ostree-finalize-staged (--pre), persist the plan after it (--post)",
-		Long: `--pre runs at shutdown before ostree-finalize-staged.service: it applies what
-changed in /etc since the last refresh and makes it durable; on any doubt it
-restores ostree's original staged state so ostree merges as it always did.
+		Short: "At shutdown: seal the /etc merge (--pre), save the deletion plan (--post)",
+		Long: `The two shutdown hooks around ostree's own 'ostree admin finalize-staged'.
+systemd runs them; you normally do not.
 
---post runs after ostree's finalization succeeded: it checks the deployment
-list is the predicted one and persists the prune plan for the next boot
-(or, with --delete-now, deletes the planned objects at once).`,
+--pre runs just before ostree's finalization (when the watch service
+stops): it applies whatever changed in /etc since the last update of the
+merge and makes the staged etc durable. On any doubt it restores ostree's
+original staged state, so ostree merges /etc itself as it always did.
+
+--post runs after ostree's finalization succeeded (appended to
+ostree-finalize-staged.service): it checks that the deployment list is the
+one predicted at staging and saves the prune plan under the sysroot for
+'cleanup' at next boot, or, with --delete-now, deletes the planned objects
+at once. If the prediction does not hold, nothing is saved (and ostree's
+own cleanup remains the way to free the space).
+
+With nothing staged (--pre) or nothing planned (--post) it exits 0.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if pre == post {
@@ -44,7 +53,12 @@ list is the predicted one and persists the prune plan for the next boot
 				}
 				return err
 			}
+			stop := func() {}
+			if deleteNow {
+				cfg.Progress, stop = countProgress(progressFile(g.stderr), "deleting")
+			}
 			res, err := finalize.Post(c.Context(), cfg, deleteNow)
+			stop()
 			if res != nil {
 				if asJSON {
 					printJSON(w, res)

@@ -2,28 +2,48 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 )
 
 func newStageCmd(g *globalOpts) *cobra.Command {
 	var noTakeover, asJSON bool
 	c := &cobra.Command{
 		Use:   "stage [--no-takeover] [--json]",
-		Short: "Precompute the /etc merge and the prune plan for the staged deployment (idempotent)",
-		Long: `Precompute, for the deployment ostree has staged, the /etc merge that
-ostree would do at shutdown (written into the staged deployment's etc now)
-and the prune plan. Unless --no-takeover is given, ostree's own merge is
-then skipped at finalization (its staged state is rewritten without the
-merge deployment; the original is kept and restored on any doubt).
+		Short: "Precompute the /etc merge and the prune plan for the staged update",
+		Long: `Run after an update has been staged ('ostree admin deploy --stage', or
+rpm-ostree/bootc doing the same); ostree-prefinalize.path starts it
+automatically. It is safe to run again at any time.
+
+It does now what ostree would do at shutdown:
+  - merges your /etc changes into the staged deployment's etc, exactly as
+    ostree's merge would, and records how /etc looked (for the seal);
+  - computes the prune plan: the repository objects that become
+    unreachable once the update is finalized.
+
+Unless --no-takeover is given, ostree's own /etc merge is then skipped at
+shutdown: the staged state file is rewritten without its merge deployment.
+The original is kept and put back on any doubt, so the worst case is
+ostree's normal behaviour.
+
 With nothing staged it does nothing and exits 0.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg := g.config()
 			cfg.NoTakeover = noTakeover
+			stop := startProgress(progressFile(g.stderr), "precomputing")
 			res, err := finalize.Stage(c.Context(), cfg)
+			stop()
+			if res != nil && res.Staged != nil {
+				g.logger().Info("precomputed for the staged deployment", slog.String(msgid.Key, msgid.Stage),
+					"staged", fmt.Sprintf("%s %s.%d", res.Staged.OSName, res.Staged.Checksum, res.Staged.Serial),
+					"etc", res.Etc.State, "takeover", res.Etc.Takeover, "prune", res.Prune.State,
+					"objects", res.Prune.Objects, "bytes", res.Prune.Bytes, "seconds", res.Duration)
+			}
 			if res != nil {
 				if asJSON {
 					if perr := printJSON(c.OutOrStdout(), res); perr != nil {
@@ -36,7 +56,7 @@ With nothing staged it does nothing and exits 0.`,
 			return err
 		},
 	}
-	c.Flags().BoolVar(&noTakeover, "no-takeover", false, "keep ostree's own /etc merge at finalization")
+	c.Flags().BoolVar(&noTakeover, "no-takeover", false, "precompute and check, but let ostree do its own /etc merge at shutdown")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return c
 }

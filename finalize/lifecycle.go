@@ -10,12 +10,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
@@ -39,6 +42,11 @@ type Config struct {
 	LockTimeout time.Duration
 	// Progress, if set, is told how far a long plan or deletion is.
 	Progress func(done, total int)
+	// BootedDevIno, for tests only, is taken as the device and inode of
+	// "/" (ostree.LoadOptions.BootedDevIno): the lifecycle then runs on a
+	// sysroot "booted" into that deployment from outside its namespace.
+	// nil (always, in the service) means the real "/".
+	BootedDevIno *[2]uint64
 }
 
 func (c *Config) defaults() {
@@ -101,10 +109,11 @@ type snapshot struct {
 	plan     []byte
 	pending  []string
 	storeErr error // the store could not be read (corrupt, unsafe, busy)
+	applying bool  // a write of the staged etc began and was never recorded as finished
 }
 
 func load(cfg *Config) (*snapshot, error) {
-	sys, err := ostree.LoadSysroot(cfg.Sysroot, ostree.LoadOptions{RunDir: cfg.RunDir})
+	sys, err := ostree.LoadSysroot(cfg.Sysroot, ostree.LoadOptions{RunDir: cfg.RunDir, BootedDevIno: cfg.BootedDevIno})
 	if err != nil {
 		return nil, err
 	}
@@ -122,6 +131,7 @@ func load(cfg *Config) (*snapshot, error) {
 		s.takeover = tx.Blob(blobTakeover)
 		s.baseline = tx.Blob(store.BlobBaseline)
 		s.plan = tx.Blob(store.BlobPlan)
+		s.applying = tx.Blob(blobApplying) != nil
 		s.pending, _ = tx.Pending(0)
 		return nil
 	})
@@ -217,7 +227,7 @@ func Stage(ctx context.Context, cfg Config) (*StageResult, error) {
 	fresh := true
 	orig := snap.disk
 	if snap.storeErr != nil {
-		backup, berr := os.ReadFile(origBackupPath(cfg.RunDir))
+		backup, berr := readBackup(cfg.RunDir)
 		if berr == nil && isTakeoverOf(snap.disk, backup) {
 			orig = backup
 		}
@@ -304,6 +314,15 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	// The baseline is taken before the merge reads anything: a change made
 	// while we merge then differs from it, and the seal applies it.
 	bl, err := Scan(ctx, p.modified)
+	if err == nil {
+		// Mark the staged etc as being written until the outcome is
+		// recorded: killed in between (SIGKILL, power loss), a temporary
+		// file of an unfinished write or a half-copied directory may be
+		// left that ostree's merge would keep; the next step sees the mark
+		// and reconciles (stage, refresh) or resets (finalize --pre) the
+		// whole staged etc.
+		_, err = beginApplying(cfg.RunDir)
+	}
 	if err == nil {
 		var n int
 		if fresh {
@@ -401,6 +420,13 @@ func recordEtc(cfg *Config, r EtcResult, baseline, takeover []byte) {
 			return err
 		}
 		st.EtcState, st.EtcReason, st.Takeover = r.State, r.Reason, r.Takeover
+		if r.State == store.EtcPrecomputed {
+			// The merge is complete and recorded with its baseline: the
+			// staged etc is no longer in the middle of a write.
+			if err := tx.PutBlob(blobApplying, nil); err != nil {
+				return err
+			}
+		}
 		if baseline != nil {
 			if err := tx.PutBlob(store.BlobBaseline, baseline); err != nil {
 				return err
@@ -430,7 +456,7 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 		return nil
 	})
 	if snapOrig == nil {
-		snapOrig, _ = os.ReadFile(origBackupPath(cfg.RunDir))
+		snapOrig, _ = readBackup(cfg.RunDir)
 	}
 	var errs []string
 	if snapOrig != nil {
@@ -439,8 +465,17 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 		}
 	}
 	p := pathsOf(sys)
+	// The reset writes the staged etc: marked, so that a kill in the
+	// middle of it makes the next step reset again (the mark is kept when
+	// the reset fails). The mark is best effort: with an unreadable store
+	// (one reason to fall back) the reset must still happen.
+	_, markErr := beginApplying(cfg.RunDir)
 	if _, err := Reset(ctx, cfg.FS, p.newEtc, p.defaults); err != nil {
 		errs = append(errs, fmt.Sprintf("resetting the staged etc: %v", err))
+	} else if markErr == nil {
+		if err := endApplying(cfg.RunDir); err != nil {
+			log.Warn("recording the reset of the staged etc", "err", err)
+		}
 	}
 	if len(errs) > 0 {
 		r.Reason += "; fallback failed too (" + strings.Join(errs, "; ") + ")"
@@ -518,13 +553,27 @@ func replaceStaged(ctx context.Context, cfg *Config, data, expect []byte) error 
 var ErrStagedChanged = errors.New("staged state changed")
 
 func writeBackup(runDir string, orig []byte) error {
-	dir := filepath.Dir(origBackupPath(runDir))
-	// The store creates and checks this directory; create it the same way
-	// if the store has not yet.
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Created and checked as the store's own directory, before anything
+	// is written into it (a symlink or a writable-by-others directory is
+	// store.ErrUnsafe).
+	if _, err := store.RuntimeDir(runDir); err != nil {
 		return err
 	}
 	return writeFileDurable(origBackupPath(runDir), orig, 0o600)
+}
+
+// readBackup reads the backup of ostree's staged state, only from a
+// checked directory and never through a symlink.
+func readBackup(runDir string) ([]byte, error) {
+	if _, err := store.RuntimeDir(runDir); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(origBackupPath(runDir), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // writeFileDurable writes path whole: a temporary file beside it, fsync,

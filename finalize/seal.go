@@ -137,6 +137,14 @@ func beginApplying(runDir string) (interrupted bool, err error) {
 	return interrupted, err
 }
 
+// endApplying clears the mark of beginApplying once the staged etc is in a
+// known state again.
+func endApplying(runDir string) error {
+	return store.UpdateRuntime(runDir, func(tx *store.RuntimeTx) error {
+		return tx.PutBlob(blobApplying, nil)
+	})
+}
+
 // MarkPending records paths the watcher has seen but not applied yet, so
 // that `status` shows them and the seal applies them even if the watcher
 // dies before its batch.
@@ -213,9 +221,18 @@ func Pre(ctx context.Context, cfg Config) (*PreResult, error) {
 	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
 	default:
 		// Nothing of ours in the staged etc that ostree's merge would not
-		// redo; make sure the staged state is ostree's own.
-		if snap.tookOver() {
+		// redo, unless a write of ours was interrupted (a stage killed
+		// mid-merge leaves temporary files and half-copied directories
+		// that ostree would keep) or our rewrite of the staged state is on
+		// disk without its record (a stage killed between the two): then
+		// reset, and make sure the staged state is ostree's own.
+		switch {
+		case snap.tookOver():
 			return done(fallback(ctx, &cfg, sys, "takeover recorded without a precomputed merge"))
+		case snap.orig != nil && isTakeoverOf(snap.disk, snap.orig):
+			return done(fallback(ctx, &cfg, sys, "the staged state is our rewrite but no precomputed merge was recorded (stage interrupted)"))
+		case snap.applying:
+			return done(fallback(ctx, &cfg, sys, "an earlier write of the staged etc was interrupted"))
 		}
 		return done(EtcResult{State: snap.state.EtcState, Reason: snap.state.EtcReason})
 	}

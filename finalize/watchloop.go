@@ -42,6 +42,11 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 			o.Notify(s)
 		}
 	}
+	// holdWatchLock creates its file in the state directory: check that
+	// directory first (store.ErrUnsafe), as lifecycleLock does.
+	if _, err := store.RuntimeDir(cfg.RunDir); err != nil {
+		return err
+	}
 	lock, err := holdWatchLock(cfg.RunDir)
 	if err != nil {
 		return err
@@ -185,8 +190,10 @@ func waitStagedChange(ctx context.Context, cfg *Config, every time.Duration, kno
 // staged state (stage, a watcher batch, finalize --pre): they may run at
 // once (the path unit re-triggers stage while the watcher works).
 func lifecycleLock(ctx context.Context, runDir string) (func(), error) {
-	dir := filepath.Join(runDir, "ostree-prefinalize")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The directory is checked before the lock file is created in it: a
+	// symlinked or writable-by-others state directory is store.ErrUnsafe.
+	dir, err := store.RuntimeDir(runDir)
+	if err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, "lifecycle.lock"), os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)

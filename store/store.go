@@ -71,6 +71,17 @@ func RuntimePath(runDir string) string {
 	return filepath.Join(runDir, "ostree-prefinalize", "state.db")
 }
 
+// RuntimeDir creates (when missing) and checks the runtime store's
+// directory, <runDir>/ostree-prefinalize, and returns it. Every other file
+// of ours under the run directory (locks, the backup of ostree's staged
+// state) is created there only after this check, so a directory that is a
+// symlink, not ours, or writable by group or others is ErrUnsafe before
+// anything is written into it (or through it).
+func RuntimeDir(runDir string) (string, error) {
+	dir := filepath.Dir(RuntimePath(runDir))
+	return dir, ensureDir(dir, 0o700)
+}
+
 // PlanPath is where the persisted plan lives for a sysroot.
 func PlanPath(sysroot string) string {
 	return filepath.Join(sysroot, "ostree", "prefinalize", "cleanup.db")

@@ -100,6 +100,47 @@ func (b *Baseline) Changed(ctx context.Context, etc string) ([]string, error) {
 	return out, nil
 }
 
+// Rescan is Scan and Changed in one stat walk: it returns the new baseline
+// of etc and the paths that differ from b. Both come from the same lstat
+// of each path, so a change racing with the walk either shows in changed
+// or differs from the new baseline, and is found by the next Rescan.
+func (b *Baseline) Rescan(ctx context.Context, etc string) (*Baseline, []string, error) {
+	old := make(map[string]*Entry, len(b.Entries))
+	for i := range b.Entries {
+		old[b.Entries[i].Path] = &b.Entries[i]
+	}
+	nb := &Baseline{Entries: make([]Entry, 0, len(b.Entries))}
+	seen := 0
+	var out []string
+	err := scanDir(ctx, etc, "", func(e Entry) {
+		nb.Entries = append(nb.Entries, e)
+		o, ok := old[e.Path]
+		if ok {
+			seen++
+		}
+		if !ok || *o != e {
+			out = append(out, e.Path)
+		}
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if seen < len(b.Entries) {
+		present := make(map[string]bool, len(nb.Entries))
+		for _, e := range nb.Entries {
+			present[e.Path] = true
+		}
+		for _, e := range b.Entries {
+			if !present[e.Path] {
+				out = append(out, e.Path)
+			}
+		}
+	}
+	sort.Slice(nb.Entries, func(i, j int) bool { return nb.Entries[i].Path < nb.Entries[j].Path })
+	sort.Strings(out)
+	return nb, out, nil
+}
+
 const baselineMagic = "OPFBL\x01"
 
 // MarshalBinary encodes the baseline compactly: magic, entry count, then

@@ -84,7 +84,7 @@ type FS struct {
 	// directory durable; the merge itself ends with Syncfs).
 	Fsync func(f *os.File) error
 	// Syncfs flushes the whole filesystem holding f. The merge ends with
-	// one Syncfs on the target: each written file was already fsynced
+	// one Syncfs on the target: each written file was already whole
 	// before its rename (so it is whole), and one syncfs then makes every
 	// rename, mkdir and unlink durable at once, which is much cheaper than
 	// an fsync of every parent directory after every write and gives the
@@ -178,11 +178,13 @@ func realWriteFileAtomic(dir *os.File, name string, src io.Reader, a Attr) (err 
 			return &os.PathError{Op: "utimensat", Path: name, Err: err}
 		}
 	}
-	// fsync before rename: after the rename the name must never point at
-	// a file whose data is not on disk yet.
-	if err = f.Sync(); err != nil {
-		return &os.PathError{Op: "fsync", Path: name, Err: err}
-	}
+	// No fsync here: the rename makes the write whole for every reader, and
+	// durability comes from the one syncfs that ends every merge and the
+	// seal. Until that syncfs (and ostree's own sync when it writes the
+	// bootloader entries) the staged deployment cannot become the booted
+	// one: a crash before it loses /run and with it the staged state, so
+	// a file whose data did not reach the disk can never be booted. An
+	// fsync per file cost ~1ms each (133 in a 160-path seal).
 	if err = f.Close(); err != nil {
 		return &os.PathError{Op: "close", Path: name, Err: err}
 	}

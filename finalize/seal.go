@@ -19,9 +19,10 @@ import (
 // Refresh brings the staged etc up to date with the booted etc: every path
 // whose stat differs from the recorded baseline, plus the given paths (from
 // inotify), is merged again, and the baseline becomes the new stat of the
-// booted etc. The new baseline is scanned before anything is compared, so
-// a change racing with Refresh differs from it and is picked up next time:
-// nothing is ever marked seen without having been applied.
+// booted etc. The new baseline and the changed paths come from one stat
+// walk made before anything is merged, so a change racing with Refresh
+// differs from the new baseline and is picked up next time: nothing is
+// ever marked seen without having been applied.
 //
 // It is the watcher's batch and the core of the seal. It returns how many
 // entries were written. With no precomputed merge for the live staged
@@ -61,11 +62,7 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		return 0, fmt.Errorf("baseline: %w", err)
 	}
 	p := pathsOf(sys)
-	nb, err := Scan(ctx, p.modified)
-	if err != nil {
-		return 0, err
-	}
-	changed, err := old.Changed(ctx, p.modified)
+	nb, changed, err := old.Rescan(ctx, p.modified)
 	if err != nil {
 		return 0, err
 	}

@@ -62,7 +62,7 @@ func WritePlan(sysroot string, p PersistedPlan) error {
 	if err != nil {
 		return err
 	}
-	err = update(tmp, true, func(tx *bolt.Tx) error {
+	err = update(tmp, true, false, func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketPlan)
 		if err != nil {
 			return err
@@ -91,18 +91,18 @@ func ReadPlan(sysroot string) (*PersistedPlan, error) {
 	err := view(path, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPlan)
 		if b == nil {
-			return fmt.Errorf("no plan bucket: %w", ErrCorrupt)
+			return fmt.Errorf("store %s: no plan bucket: %w", path, ErrCorrupt)
 		}
 		var m planMeta
 		if err := json.Unmarshal(b.Get(keyPlanMeta), &m); err != nil {
-			return fmt.Errorf("plan metadata: %v: %w", err, ErrCorrupt)
+			return fmt.Errorf("store %s: plan metadata: %v: %w", path, err, ErrCorrupt)
 		}
 		body := b.Get(keyPlanBody)
 		if body == nil {
-			return fmt.Errorf("plan body missing: %w", ErrCorrupt)
+			return fmt.Errorf("store %s: plan body missing: %w", path, ErrCorrupt)
 		}
 		if sum := sha256.Sum256(body); hex.EncodeToString(sum[:]) != m.BodySHA256 {
-			return fmt.Errorf("plan body does not match its checksum: %w", ErrCorrupt)
+			return fmt.Errorf("store %s: plan body does not match its checksum: %w", path, ErrCorrupt)
 		}
 		out = &PersistedPlan{
 			Plan: append([]byte(nil), body...), RootsHash: m.RootsHash, Staged: m.Staged,

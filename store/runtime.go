@@ -95,7 +95,7 @@ func ViewRuntime(runDir string, fn func(*RuntimeTx) error) error {
 // its 0700 directory) when missing. Returning an error from fn discards
 // every change fn made.
 func UpdateRuntime(runDir string, fn func(*RuntimeTx) error) error {
-	return update(RuntimePath(runDir), true, func(tx *bolt.Tx) error {
+	return update(RuntimePath(runDir), true, true, func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketState, bucketBlobs, bucketPending, bucketHistory} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err

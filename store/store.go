@@ -151,7 +151,7 @@ func syncDir(dir string) error {
 }
 
 // open opens (or, with create, creates) a store file and checks its schema.
-func open(path string, create, readOnly bool) (db *bolt.DB, err error) {
+func open(path string, create, readOnly, noSync bool) (db *bolt.DB, err error) {
 	dir := filepath.Dir(path)
 	if create {
 		if err := ensureDir(dir, 0o700); err != nil {
@@ -178,6 +178,7 @@ func open(path string, create, readOnly bool) (db *bolt.DB, err error) {
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:  LockTimeout,
 		ReadOnly: readOnly,
+		NoSync:   noSync,
 		// O_NOFOLLOW: the path was checked above; never let a symlink swapped
 		// in since redirect us.
 		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
@@ -260,7 +261,7 @@ func guardFaults() func() {
 
 // view and update run one transaction on a freshly opened store and close it.
 func view(path string, fn func(tx *bolt.Tx) error) (err error) {
-	db, err := open(path, false, true)
+	db, err := open(path, false, true, false)
 	if err != nil {
 		return err
 	}
@@ -270,8 +271,12 @@ func view(path string, fn func(tx *bolt.Tx) error) (err error) {
 	return db.View(fn)
 }
 
-func update(path string, create bool, fn func(tx *bolt.Tx) error) (err error) {
-	db, err := open(path, create, false)
+// update commits with an fsync unless noSync: the runtime store lives in
+// /run and dies with the boot, so syncing it buys nothing (a crash of our
+// process alone loses nothing: the data is in the page cache); the
+// persisted plan is synced.
+func update(path string, create, noSync bool, fn func(tx *bolt.Tx) error) (err error) {
+	db, err := open(path, create, false, noSync)
 	if err != nil {
 		return err
 	}

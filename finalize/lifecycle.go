@@ -183,8 +183,22 @@ type PruneResult struct {
 // up to date and recomputes the plan; for a new one (re-stage) it starts
 // over. A merge that fails (ostree would fail the same way at shutdown) is
 // reported as an error after falling back to ostree's own state.
-func Stage(ctx context.Context, cfg Config) (*StageResult, error) {
+func Stage(ctx context.Context, cfg Config) (res *StageResult, err error) {
 	cfg.defaults()
+	// Stage writes the staged etc and, on a fallback, resets it: on a host
+	// whose /sysroot is mounted read-only it does so, as ostree does, from
+	// a private mount namespace with a read-write remount.
+	werr := withWritableSysroot(cfg.Sysroot, func() error {
+		res, err = stage(ctx, cfg)
+		return nil
+	})
+	if werr != nil {
+		return nil, werr
+	}
+	return res, err
+}
+
+func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 	start := time.Now()
 	unlock, err := lifecycleLock(ctx, cfg.RunDir)
 	if err != nil {
@@ -231,6 +245,10 @@ func Stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		if berr == nil && isTakeoverOf(snap.disk, backup) {
 			orig = backup
 		}
+		// We cannot tell whether a killed earlier run left the staged etc
+		// half-written: reconcile it whole (MergePaths over everything)
+		// rather than merging on top as if it were pristine.
+		fresh = false
 		cfg.Log.Warn("runtime store unreadable; starting over", "err", snap.storeErr)
 		if err := store.Reset(store.RuntimePath(cfg.RunDir)); err != nil {
 			return nil, err

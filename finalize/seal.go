@@ -27,8 +27,19 @@ import (
 // It is the watcher's batch and the core of the seal. It returns how many
 // entries were written. With no precomputed merge for the live staged
 // deployment it does nothing (and says why in the error).
-func Refresh(ctx context.Context, cfg Config, paths []string) (int, error) {
+func Refresh(ctx context.Context, cfg Config, paths []string) (n int, err error) {
 	cfg.defaults()
+	werr := withWritableSysroot(cfg.Sysroot, func() error {
+		n, err = refreshLocked(ctx, cfg, paths)
+		return nil
+	})
+	if werr != nil {
+		return 0, werr
+	}
+	return n, err
+}
+
+func refreshLocked(ctx context.Context, cfg Config, paths []string) (int, error) {
 	unlock, err := lifecycleLock(ctx, cfg.RunDir)
 	if err != nil {
 		return 0, err
@@ -176,8 +187,37 @@ type PreResult struct {
 // etc reset to the new defaults, so that ostree's own merge runs as if we
 // had never been there. It returns an error only when even that was not
 // possible (then finalization is locked).
-func Pre(ctx context.Context, cfg Config) (*PreResult, error) {
+func Pre(ctx context.Context, cfg Config) (res *PreResult, err error) {
 	cfg.defaults()
+	werr := withWritableSysroot(cfg.Sysroot, func() error {
+		res, err = pre(ctx, cfg)
+		return nil
+	})
+	if werr == nil {
+		return res, err
+	}
+	// The staged etc cannot be written (read-only and no remount): we can
+	// neither seal nor reset it. Do less: put ostree's staged state back
+	// (it lives in /run) and, if our merge is in the staged etc, lock
+	// finalization rather than let ostree merge over a state we cannot
+	// vouch for.
+	snap, lerr := load(&cfg)
+	if lerr != nil || snap.sys.Staged == nil {
+		return nil, werr
+	}
+	res = &PreResult{Staged: idOf(snap.sys.Staged)}
+	switch snap.state.EtcState {
+	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	default:
+		if !snap.tookOver() {
+			return res, werr
+		}
+	}
+	res.Etc = fallback(ctx, &cfg, snap.sys, werr.Error())
+	return res, werr
+}
+
+func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 	start := time.Now()
 	unlock, err := lifecycleLock(ctx, cfg.RunDir)
 	if err != nil {

@@ -74,6 +74,10 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 	return nil
 }
 
+// stageGrace bounds how long a stage the watcher runs itself may go on
+// once SIGTERM came.
+const stageGrace = time.Minute
+
 // watchOnce watches for one staged deployment; it returns when ctx ends or
 // the staged state changes (the caller loops). It returns nil bytes when
 // there is nothing to watch.
@@ -87,8 +91,17 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 		return nil, nil
 	}
 	if snap.storeErr != nil || !sameID(snap.state.Staged, idOf(snap.sys.Staged)) || snap.state.EtcState == "" {
-		// Not precomputed for this deployment yet: do it now.
-		if _, err := Stage(ctx, *cfg); err != nil {
+		// Not precomputed for this deployment yet: do it now. A SIGTERM
+		// meanwhile lets it finish (bounded): a stage cut short falls
+		// back to ostree's merge and throws the work away.
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		// (A grace timer still armed after Stage returned cancels a
+		// context that is done already.)
+		stop := context.AfterFunc(ctx, func() { time.AfterFunc(stageGrace, cancel) })
+		_, err := Stage(sctx, *cfg)
+		stop()
+		cancel()
+		if err != nil {
 			cfg.Log.Warn("stage from the watcher", "err", err)
 		}
 		if snap, err = load(cfg); err != nil {
@@ -130,7 +143,11 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 		}
 	}()
 	err = w.Run(inner, func(bctx context.Context, b watch.Batch) error {
-		n, err := Refresh(bctx, *cfg, b.Paths)
+		// A batch in progress is finished, not cut short, when SIGTERM or
+		// a re-stage ends the watch: its paths have left the watcher's
+		// pending set, and SIGTERM promises to apply what is pending
+		// (an interrupted apply would leave it to the seal).
+		n, err := Refresh(context.WithoutCancel(bctx), *cfg, b.Paths)
 		switch {
 		case errors.Is(err, ErrNoMerge) || errors.Is(err, ErrStagedChanged):
 			cancel() // re-stage or fallback: the outer loop decides

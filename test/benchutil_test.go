@@ -117,10 +117,15 @@ type table struct {
 	rows  [][]string
 }
 
+// add appends a row and prints it at once (the whole run takes long; the
+// aligned table comes at the end).
 func (tb *table) add(cols ...string) {
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	tb.rows = append(tb.rows, cols)
+	if len(tb.rows) > 1 {
+		fmt.Printf("bench: %s\n", strings.Join(cols, " | "))
+	}
 }
 
 func (tb *table) String() string {

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -176,8 +177,9 @@ func (w *watchEnv) edit(fn editFn) {
 }
 
 // startWatcher starts `ostree-prefinalize -v watch ARGS...` in the booted
-// namespace and waits for its READY=1. The watch is established before
-// READY=1, so every edit made after this returns is seen.
+// namespace and waits for its READY=1 and for the STATUS= that says the
+// start rescan was applied. The watch is established before READY=1, so
+// every edit made after this returns is seen, and in a batch of its own.
 func (w *watchEnv) startWatcher(args ...string) *harness.Proc {
 	w.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -191,19 +193,19 @@ func (w *watchEnv) startWatcher(args ...string) *harness.Proc {
 		cancel() // kills the namespace if the test ended early
 		<-p.Done()
 	})
-	pollUntil(w.t, "READY=1 from the watcher", 60*time.Second, func() (bool, string) {
+	pollUntil(w.t, "READY=1 and the start batch from the watcher", 60*time.Second, func() (bool, string) {
 		select {
 		case <-p.Done():
 			_, stderr, err := p.Wait()
 			w.t.Fatalf("watcher exited before READY=1: %v\n%s", err, stderr)
 		default:
 		}
+		ready, current := false, false
 		for _, m := range w.notify.since(mark) {
-			if m == "READY=1" {
-				return true, ""
-			}
+			ready = ready || m == "READY=1"
+			current = current || (ready && strings.HasPrefix(m, "STATUS=merge current for "))
 		}
-		return false, fmt.Sprintf("received %q", w.notify.since(mark))
+		return current, fmt.Sprintf("received %q", w.notify.since(mark))
 	})
 	return p
 }
@@ -397,10 +399,11 @@ func TestWatchEditsReachStagedEtc(t *testing.T) {
 		return a.Mode().Perm() == 0o600 && uid == 1000, fmt.Sprintf("mode %v uid %d", a.Mode(), uid)
 	})
 
-	// The last edit is not waited for: SIGTERM must apply it.
+	// The last edit is followed at once by SIGTERM: its event may not even
+	// have been read, and the watcher must still apply it before exiting.
 	w.edit(func(t *testing.T, etc, _ string) { writeFile(t, filepath.Join(etc, "hostname"), "at-shutdown\n") })
-	want := w.expected("")
 	stderr := w.stop(p)
+	want := w.expected("")
 	if ok, why := converged(staged, want); !ok {
 		t.Fatalf("after SIGTERM the staged etc is not ostree's merge: %s\nwatcher log:\n%s", why, stderr)
 	}
@@ -469,6 +472,16 @@ func floodEdit(n int) editFn {
 	}
 }
 
+// floodSize is enough events to overflow this machine's inotify queue
+// even after the reader's buffer took its share.
+func floodSize(t *testing.T) int {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events")
+	must(t, err)
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	must(t, err)
+	return 2*n + 8192
+}
+
 // stagedTmps lists the temporary files of unfinished writes in dir: one
 // there means the watcher is applying a batch right now.
 func stagedTmps(dir string) []string {
@@ -496,7 +509,7 @@ func TestWatchBurst(t *testing.T) {
 	pollUntil(t, "the watcher applying the burst", 60*time.Second, func() (bool, string) {
 		return len(stagedTmps(w.staged.EtcDir())) > 0, "no write in progress"
 	})
-	w.edit(floodEdit(40000))
+	w.edit(floodEdit(floodSize(t)))
 	want := w.expected("")
 	w.waitStaged(w.staged, want)
 	t.Logf("staged etc exact %s after the burst started", time.Since(start))

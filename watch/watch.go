@@ -190,10 +190,14 @@ func (w *Watcher) rel(name string) (string, bool) {
 }
 
 // Run delivers batches to handle until ctx is done. The first batch is a
-// Rescan (reason "start"). When ctx is cancelled, Run delivers what is
-// pending in a last batch (with a fresh context, so the handler can finish
-// the flush SIGTERM asks for) and returns nil. A handler error stops Run and
-// is returned.
+// Rescan (reason "start"). When ctx is cancelled, Run delivers a last
+// batch, a Rescan (reason "stop") with the paths pending, with a fresh
+// context so the handler can finish the flush SIGTERM asks for, and
+// returns nil. The last batch is a Rescan because a change made just
+// before the cancellation may still be on its way from the kernel (or
+// ready on the channel but not chosen by select): only a rescan covers
+// everything that changed before Run returned. A handler error stops Run
+// and is returned.
 func (w *Watcher) Run(ctx context.Context, handle func(context.Context, Batch) error) error {
 	pending := map[string]bool{}
 	rescan, reason := true, "start"
@@ -247,6 +251,10 @@ func (w *Watcher) Run(ctx context.Context, handle func(context.Context, Batch) e
 	for {
 		select {
 		case <-ctx.Done():
+			rescan = true
+			if reason == "" {
+				reason = "stop"
+			}
 			return flush(context.WithoutCancel(ctx))
 		case <-timer.C:
 			if err := flush(ctx); err != nil {

@@ -79,6 +79,102 @@ func phaseOf(t ostree.ObjectType) int {
 
 const nPhases = 4
 
+// ConcurrentDeleter is implemented by deleters whose Delete and Tombstone
+// may be called from several goroutines at once.
+type ConcurrentDeleter interface {
+	Deleter
+	Concurrent() bool
+}
+
+// deleteWorkers is how many unlinks run at once within a phase.
+const deleteWorkers = 4
+
+// deletePhase deletes the entries at indices todo (one phase), calling
+// done(i) from this goroutine for each one deleted, in no particular
+// order. It stops at the first error or when ctx ends; entries not reported
+// done stay pending.
+func deletePhase(ctx context.Context, deleter Deleter, p *Plan, todo []int, done func(int)) error {
+	one := func(i int) error {
+		e := &p.entries[i]
+		if err := deleter.Delete(e.Name()); err != nil {
+			return fmt.Errorf("delete object %s: %w", p.ObjectString(*e), err)
+		}
+		if e.Type == ostree.ObjCommit {
+			if err := deleter.Tombstone(e.Checksum); err != nil {
+				return fmt.Errorf("tombstone for commit %s: %w", e.Checksum, err)
+			}
+		}
+		return nil
+	}
+	cd, ok := deleter.(ConcurrentDeleter)
+	if !ok || !cd.Concurrent() || len(todo) < 2*deleteWorkers {
+		for _, i := range todo {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := one(i); err != nil {
+				return err
+			}
+			done(i)
+		}
+		return nil
+	}
+	type result struct {
+		i   int
+		err error
+	}
+	work := make(chan int)
+	results := make(chan result)
+	for w := 0; w < deleteWorkers; w++ {
+		go func() {
+			for i := range work {
+				results <- result{i, one(i)}
+			}
+		}()
+	}
+	var firstErr error
+	next, inflight := 0, 0
+	for next < len(todo) || inflight > 0 {
+		var send chan int
+		if firstErr == nil && next < len(todo) {
+			if err := ctx.Err(); err != nil {
+				firstErr = err
+			} else {
+				send = work
+			}
+		}
+		if send == nil && inflight == 0 {
+			break
+		}
+		var nextIdx int
+		if send != nil {
+			nextIdx = todo[next]
+		}
+		cancelled := ctx.Done()
+		if firstErr != nil {
+			cancelled = nil // only wait for the unlinks in flight
+		}
+		select {
+		case send <- nextIdx:
+			next++
+			inflight++
+		case r := <-results:
+			inflight--
+			if r.err != nil {
+				if firstErr == nil {
+					firstErr = r.err
+				}
+				continue
+			}
+			done(r.i)
+		case <-cancelled:
+			firstErr = ctx.Err()
+		}
+	}
+	close(work)
+	return firstErr
+}
+
 // Execute deletes the plan's objects that are still unreachable.
 //
 // Before deleting anything it validates every entry (one bad entry rejects
@@ -204,6 +300,7 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 			}
 			unsynced = false
 		}
+		var todo []int
 		for i := range p.entries {
 			e := &p.entries[i]
 			if phaseOf(e.Type) != ph {
@@ -213,24 +310,18 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 				unsynced = true
 				continue
 			}
-			if e.state != statePending {
-				continue
+			if e.state == statePending {
+				todo = append(todo, i)
 			}
-			select {
-			case <-ctx.Done():
-				return finish(ctx.Err())
-			default:
-			}
-			name := e.Name()
-			if err := deleter.Delete(name); err != nil {
-				return finish(fmt.Errorf("delete object %s: %w", p.ObjectString(*e), err))
-			}
+		}
+		if len(todo) > 0 {
 			unsynced = true
-			if e.Type == ostree.ObjCommit {
-				if err := deleter.Tombstone(e.Checksum); err != nil {
-					return finish(fmt.Errorf("tombstone for commit %s: %w", e.Checksum, err))
-				}
-			}
+		}
+		// Order matters only between phases; within one, unlinks run on a
+		// few goroutines when the deleter allows it, which keeps several
+		// directory and inode reads in flight on a cold cache.
+		err := deletePhase(ctx, deleter, p, todo, func(i int) {
+			e := &p.entries[i]
 			e.state = stateDeleted
 			fresh = append(fresh, i)
 			res.Deleted++
@@ -239,6 +330,9 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 			if progress != nil {
 				progress(done, total)
 			}
+		})
+		if err != nil {
+			return finish(err)
 		}
 	}
 	if unsynced {

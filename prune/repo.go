@@ -270,6 +270,7 @@ type RepoDeleter struct {
 	objFD   int
 	stateFD int // -1 when state/ does not exist
 	subFDs  [256]int
+	mu      sync.Mutex // guards subFDs
 	once    sync.Once
 }
 
@@ -320,7 +321,13 @@ func openDirBeneath(dfd int, path string, beneath bool) (int, error) {
 	}
 }
 
+// Concurrent: Delete and Tombstone may run on several goroutines (the
+// directory cache is locked; unlinkat on distinct names is independent).
+func (d *RepoDeleter) Concurrent() bool { return true }
+
 func (d *RepoDeleter) subdir(b byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if fd := d.subFDs[b]; fd >= 0 {
 		return fd, nil
 	}

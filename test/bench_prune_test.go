@@ -365,7 +365,7 @@ func benchPlanning(t *testing.T, fx *fixture, runs int, rep *table) {
 		rep.add(fmt.Sprintf("plan, %s cache: %s vs ostree prune --no-prune", cache, what),
 			fmtDur(o.median()), fmtDur(th.median()), fmt.Sprintf("%.2f×", r), goal(r <= 0.5, "≤0.5×"),
 			o.spread(), th.spread(),
-			fmt.Sprintf("%s %s vs %s", mem, medianKB(oRSS), medianKB(thRSS)))
+			fmt.Sprintf("paired %.2f×; %s %s vs %s", pairedRatio(o, th), mem, medianKB(oRSS), medianKB(thRSS)))
 	}
 }
 
@@ -517,6 +517,7 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 						t.Fatal(err)
 					}
 					check(t, repo, sideNames[side])
+					t.Logf("%s %s run %d: %s", cache, sideNames[side], i, el)
 					times[side] = append(times[side], el)
 				})
 			}
@@ -528,12 +529,14 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 		rep.add(fmt.Sprintf("execute, %s cache: ours vs ostree admin cleanup", cache),
 			fmtDur(times[sideOurs].median()), fmtDur(times[sideCleanup].median()),
 			fmt.Sprintf("%.2f×", rc), goal(rc <= 0.6, "≤0.6×"),
-			times[sideOurs].spread(), times[sideCleanup].spread(), breakdownNote(bds))
+			times[sideOurs].spread(), times[sideCleanup].spread(),
+			fmt.Sprintf("paired %.2f×; %s", pairedRatio(times[sideOurs], times[sideCleanup]), breakdownNote(bds)))
 		rr := ratio(times[sideOurs], times[sideRm])
 		rep.add(fmt.Sprintf("execute, %s cache: ours vs xargs -0 rm -f (floor)", cache),
 			fmtDur(times[sideOurs].median()), fmtDur(times[sideRm].median()),
 			fmt.Sprintf("%.2f×", rr), goal(rr <= 1.1, "≤1.1×"),
-			times[sideOurs].spread(), times[sideRm].spread(), "")
+			times[sideOurs].spread(), times[sideRm].spread(),
+			fmt.Sprintf("paired %.2f×", pairedRatio(times[sideOurs], times[sideRm])))
 	}
 }
 

@@ -110,6 +110,26 @@ func ratio(ours, theirs sample) float64 {
 	return float64(ours.median()) / float64(theirs.median())
 }
 
+// pairedRatio is the median over runs of ours[i]/theirs[i]: the sides of
+// one run are measured back to back, so on a shared machine this is less
+// exposed to load that comes and goes than the ratio of the medians.
+func pairedRatio(ours, theirs sample) float64 {
+	var rs []float64
+	for i := range min(len(ours), len(theirs)) {
+		if theirs[i] > 0 {
+			rs = append(rs, float64(ours[i])/float64(theirs[i]))
+		}
+	}
+	if len(rs) == 0 {
+		return 0
+	}
+	slices.Sort(rs)
+	if len(rs)%2 == 1 {
+		return rs[len(rs)/2]
+	}
+	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+}
+
 // table collects the report's rows and prints them aligned.
 type table struct {
 	mu    sync.Mutex

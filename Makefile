@@ -46,11 +46,19 @@ demo: deps build
 # prune, execution vs ostree admin cleanup and xargs rm, warm and cold cache,
 # synthetic 250k/500k/1M; medians of BENCH_RUNS runs, a table of ratios at the
 # end; BENCH_RUNS=N for more runs). Root; drops the page cache; ~30 min.
+# Benchmarks against the ostree command, both sides in one run, medians of
+# BENCH_RUNS (default 5) runs; root; drops the page cache for cold runs.
+# BENCH_ONLY=prune|etc|watch runs one of them.
+BENCH_RUNS ?= 5
+BENCH_ENV = OSTREE_PREFINALIZE_E2E=1 OSTREE_PREFINALIZE_BENCH=1 OSTREE_PREFINALIZE_BENCH_RUNS=$(BENCH_RUNS)
 bench: deps build
-	OSTREE_PREFINALIZE_E2E=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench . -benchtime 1x ./test/...
-	OSTREE_PREFINALIZE_E2E=1 $(GO) test -count=1 -timeout 20m -run '^$$' -bench 'Plan1M|Set1M' -benchtime 1x -benchmem ./prune/
-	OSTREE_PREFINALIZE_E2E=1 OSTREE_PREFINALIZE_BENCH=1 OSTREE_PREFINALIZE_BENCH_RUNS=$(or $(BENCH_RUNS),5) \
-		$(GO) test -count=1 -timeout 120m -run '^TestPruneBench$$' -v ./test/
+	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = prune ]; then \
+		$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'Plan1M|Set1M' -benchtime 1x -benchmem ./prune/ && \
+		$(BENCH_ENV) $(GO) test -count=1 -timeout 120m -run '^TestPruneBench$$' -v ./test/ ; fi
+	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = etc ]; then \
+		$(BENCH_ENV) $(GO) test -count=1 -timeout 60m -run '^TestEtcMergeBench$$' -v ./test/ ; fi
+	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = watch ]; then \
+		$(BENCH_ENV) $(GO) test -count=1 -timeout 30m -run '^TestWatchBench$$' -v ./test/ ; fi
 
 # Every decoder of on-disk bytes has a Fuzz target; run each for FUZZTIME.
 fuzz:

@@ -29,7 +29,6 @@ package prefinalize
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -143,17 +142,9 @@ func Plan(ctx context.Context, o Options) (*PlanResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	ds, err := prune.PredictDeployments(s)
+	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{}, cfg.LockTimeout)
 	if err != nil {
 		return nil, err
-	}
-	roots, err := prune.PostFinalizeRoots(s, ds)
-	if err != nil {
-		return nil, err
-	}
-	p, err := prune.PlanRepo(ctx, s.Repo, roots, cfg.LockTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("planning the prune of %s: %w", s.Repo.Path, err)
 	}
 	r := &PlanResult{Staged: s.Staged != nil, Locked: s.Staged != nil && s.StagedLocked, Plan: p}
 	for _, d := range s.Deployments {

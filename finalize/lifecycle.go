@@ -681,19 +681,7 @@ func planFor(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree
 	if orig != nil && sys.Staged != nil {
 		opts.State = orig
 	}
-	deps, err := prune.PredictDeploymentsWith(sys, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	roots, err := prune.PostFinalizeRoots(sys, deps)
-	if err != nil {
-		return nil, nil, err
-	}
-	plan, err := prune.PlanRepo(ctx, sys.Repo, roots, cfg.LockTimeout)
-	if err != nil {
-		return nil, nil, err
-	}
-	return plan, deps, nil
+	return prune.PlanSysroot(ctx, sys, opts, cfg.LockTimeout)
 }
 
 func summarize(p *prune.Plan, deps []*ostree.Deployment) PruneResult {

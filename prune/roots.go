@@ -1,11 +1,13 @@
 package prune
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
@@ -236,4 +238,25 @@ func deploymentRefSurvives(name string, survivors [][2]int, n int) bool {
 		}
 	}
 	return true
+}
+
+// PlanSysroot is the mock prune of a sysroot: the deployments predicted
+// after finalization (PredictDeploymentsWith o), their roots
+// (PostFinalizeRoots) and the plan from those roots, computed under
+// ostree's shared repository lock (PlanRepo). With nothing staged it is
+// what `ostree admin cleanup` would delete now.
+func PlanSysroot(ctx context.Context, s *ostree.Sysroot, o PredictOptions, lockTimeout time.Duration) (*Plan, []*ostree.Deployment, error) {
+	ds, err := PredictDeploymentsWith(s, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := PostFinalizeRoots(s, ds)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := PlanRepo(ctx, s.Repo, roots, lockTimeout)
+	if err != nil {
+		return nil, nil, fmt.Errorf("planning the prune of %s: %w", s.Repo.Path, err)
+	}
+	return p, ds, nil
 }

@@ -94,10 +94,17 @@ func ReadPlan(sysroot string) (*PersistedPlan, error) {
 			return fmt.Errorf("store %s: no plan bucket: %w", path, ErrCorrupt)
 		}
 		var m planMeta
-		if err := json.Unmarshal(b.Get(keyPlanMeta), &m); err != nil {
+		mv, err := get(tx, b, keyPlanMeta)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(mv, &m); err != nil {
 			return fmt.Errorf("store %s: plan metadata: %v: %w", path, err, ErrCorrupt)
 		}
-		body := b.Get(keyPlanBody)
+		body, err := get(tx, b, keyPlanBody)
+		if err != nil {
+			return err
+		}
 		if body == nil {
 			return fmt.Errorf("store %s: plan body missing: %w", path, ErrCorrupt)
 		}

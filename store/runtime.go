@@ -112,7 +112,10 @@ func (t *RuntimeTx) State() (State, error) {
 	if b == nil {
 		return s, nil
 	}
-	v := b.Get(keyState)
+	v, err := get(t.tx, b, keyState)
+	if err != nil {
+		return State{}, err
+	}
 	if v == nil {
 		return s, nil
 	}
@@ -187,6 +190,9 @@ func (t *RuntimeTx) History() ([]Transition, error) {
 	}
 	var out []Transition
 	err := b.ForEach(func(k, v []byte) error {
+		if err := checkLen(t.tx, k, v); err != nil {
+			return err
+		}
 		var tr Transition
 		if err := json.Unmarshal(v, &tr); err != nil {
 			return fmt.Errorf("history entry %x: %v: %w", k, err, ErrCorrupt)
@@ -203,7 +209,12 @@ func (t *RuntimeTx) Blob(name string) []byte {
 	if b == nil {
 		return nil
 	}
-	v := b.Get([]byte(name))
+	v, err := get(t.tx, b, []byte(name))
+	if err != nil {
+		// Blob has no error result; the panic is turned into ErrCorrupt
+		// for the whole transaction by ViewRuntime/UpdateRuntime.
+		panic(err)
+	}
 	if v == nil {
 		return nil
 	}
@@ -258,6 +269,9 @@ func (t *RuntimeTx) Pending(limit int) ([]string, int) {
 	var out []string
 	c := b.Cursor()
 	for k, _ := c.First(); k != nil && (limit <= 0 || len(out) < limit); k, _ = c.Next() {
+		if err := checkLen(t.tx, k, nil); err != nil {
+			panic(err) // see Blob
+		}
 		out = append(out, string(k))
 	}
 	return out, n

@@ -232,9 +232,36 @@ func checkSchema(tx *bolt.Tx) error {
 	if b == nil {
 		return fmt.Errorf("no schema version: %w", ErrCorrupt)
 	}
-	v := b.Get(keyVersion)
+	v, err := get(tx, b, keyVersion)
+	if err != nil {
+		return err
+	}
 	if string(v) != fmt.Sprint(SchemaVersion) {
+		if len(v) > 16 {
+			v = v[:16]
+		}
 		return fmt.Errorf("schema version %q, this program reads %d: %w", v, SchemaVersion, ErrCorrupt)
+	}
+	return nil
+}
+
+// get returns b's value for key, refusing a value longer than the whole
+// database: bbolt takes element lengths from pages it does not checksum,
+// so a corrupt leaf can claim gigabytes, and copying or formatting such a
+// slice would exhaust memory (seen: a 1.8 GB "version" from a few flipped
+// bytes) before any page fault could stop it.
+func get(tx *bolt.Tx, b *bolt.Bucket, key []byte) ([]byte, error) {
+	v := b.Get(key)
+	if int64(len(v)) > tx.Size() {
+		return nil, fmt.Errorf("value of %q claims %d bytes in a %d-byte store: %w", key, len(v), tx.Size(), ErrCorrupt)
+	}
+	return v, nil
+}
+
+// checkLen is get's check for keys and values met while iterating.
+func checkLen(tx *bolt.Tx, k, v []byte) error {
+	if int64(len(k))+int64(len(v)) > tx.Size() {
+		return fmt.Errorf("entry claims %d bytes in a %d-byte store: %w", len(k)+len(v), tx.Size(), ErrCorrupt)
 	}
 	return nil
 }

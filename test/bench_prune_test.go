@@ -387,15 +387,7 @@ func medianKB(v []int64) string {
 // the booted sysroot, predict the deployments and roots, plan.
 func planInProcess(t testing.TB, fx *fixture) *prune.Plan {
 	sys := loadBooted(t, fx)
-	pred, err := prune.PredictDeployments(sys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := prune.PostFinalizeRoots(sys, pred)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := prune.PlanRepo(context.Background(), sys.Repo, roots, time.Minute)
+	p, _, err := prune.PlanSysroot(context.Background(), sys, prune.PredictOptions{}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -142,15 +142,7 @@ func apiPlan(t *testing.T, b *harness.BootedHost) (*ostree.Sysroot, []*ostree.De
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, err := prune.PredictDeployments(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := prune.PostFinalizeRoots(s, ds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := prune.PlanRepo(context.Background(), s.Repo, roots, time.Minute)
+	p, ds, err := prune.PlanSysroot(context.Background(), s, prune.PredictOptions{}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,17 +63,9 @@ func computePlan(ctx context.Context, g *globalOpts) (*planResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	ds, err := prune.PredictDeployments(s)
+	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{}, planLockTimeout)
 	if err != nil {
 		return nil, err
-	}
-	roots, err := prune.PostFinalizeRoots(s, ds)
-	if err != nil {
-		return nil, err
-	}
-	p, err := prune.PlanRepo(ctx, s.Repo, roots, planLockTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("planning the prune of %s: %w", s.Repo.Path, err)
 	}
 	r := &planResult{sysroot: s, deployments: ds, plan: p}
 	for _, d := range s.Deployments {

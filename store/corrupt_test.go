@@ -22,7 +22,7 @@ func TestFlippedBytesNeverCrash(t *testing.T) {
 	sysroot := t.TempDir()
 	os.MkdirAll(filepath.Dir(PlanPath(sysroot)), 0o700)
 	corrupt := 0
-	for i := 0; i < 2000; i++ {
+	for i := 0; i < 6000; i++ {
 		b := append([]byte(nil), seedFile...)
 		for j := 0; j < 1+r.Intn(8); j++ {
 			b[r.Intn(len(b))] = byte(r.Intn(256))
@@ -39,5 +39,5 @@ func TestFlippedBytesNeverCrash(t *testing.T) {
 			t.Fatalf("iteration %d: corrupted file read back as a different plan %q", i, p.Plan)
 		}
 	}
-	t.Logf("%d of 2000 corrupted files refused", corrupt)
+	t.Logf("%d of 6000 corrupted files refused", corrupt)
 }

@@ -41,3 +41,53 @@ func TestFlippedBytesNeverCrash(t *testing.T) {
 	}
 	t.Logf("%d of 6000 corrupted files refused", corrupt)
 }
+
+// FuzzViewRuntime: whatever bytes sit at the runtime store's path, reading
+// every part of it gives values or an error, never a panic, a crash or a
+// runaway allocation.
+func FuzzViewRuntime(f *testing.F) {
+	if b, err := os.ReadFile("testdata/runtime-v1.db"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		run := t.TempDir()
+		os.MkdirAll(filepath.Dir(RuntimePath(run)), 0o700)
+		if err := os.WriteFile(RuntimePath(run), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ViewRuntime(run, func(tx *RuntimeTx) error {
+			if _, err := tx.State(); err != nil {
+				return err
+			}
+			tx.Blob(BlobPlan)
+			tx.Pending(0)
+			_, err := tx.History()
+			return err
+		})
+	})
+}
+
+// TestWriteSeedRuntime regenerates testdata/runtime-v1.db (the fuzz seed of
+// a runtime store) when OSTREE_PREFINALIZE_REGEN=1.
+func TestWriteSeedRuntime(t *testing.T) {
+	if os.Getenv("OSTREE_PREFINALIZE_REGEN") != "1" {
+		t.Skip("set OSTREE_PREFINALIZE_REGEN=1 to regenerate testdata")
+	}
+	run := t.TempDir()
+	err := UpdateRuntime(run, func(tx *RuntimeTx) error {
+		tx.PutBlob(BlobPlan, []byte("plan"))
+		tx.AddPending("a", "b/c")
+		return tx.PutState(State{Staged: &StagedID{OSName: "os", Checksum: "ab", Serial: 1}, EtcState: EtcPrecomputed, PruneState: PrunePlanned})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(RuntimePath(run))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("testdata/runtime-v1.db", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -179,14 +179,13 @@ func open(path string, create, readOnly, noSync bool) (db *bolt.DB, err error) {
 		Timeout:  LockTimeout,
 		ReadOnly: readOnly,
 		NoSync:   noSync,
-		// O_NOFOLLOW: the path was checked above; never let a symlink swapped
-		// in since redirect us.
-		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
-			return os.OpenFile(name, flag|unix.O_NOFOLLOW, perm)
-		},
+		// Opened with O_NOFOLLOW (the path was checked above; never let a
+		// symlink swapped in since redirect us), locked, and validated
+		// before bbolt reads it (validate.go).
+		OpenFile: lockedOpener(readOnly),
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolt.ErrTimeout) || errors.Is(err, errLockTimeout) {
 			return nil, fmt.Errorf("store %s: held by another process for over %s: %w", path, LockTimeout, ErrBusy)
 		}
 		return nil, fmt.Errorf("store %s: %v: %w", path, err, ErrCorrupt)

@@ -240,7 +240,7 @@ func buildFixture(t *testing.T) *fixture {
 	}
 	fx.list = strings.Fields(buf.String())
 
-	objs := len(looseObjects(t, s.Repo))
+	objs := len(parityObjects(t, s.Repo))
 	var du bytes.Buffer
 	duCmd := exec.Command("du", "-sh", "--apparent-size", filepath.Join(s.Repo, "objects"))
 	duCmd.Stdout = &du
@@ -422,16 +422,16 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 	if len(ds) != 2 || ds[0].Checksum != fx.commits[2] || ds[1].Checksum != fx.commits[1] {
 		t.Fatalf("deployments after finalization:\n%s", fx.s.Status())
 	}
-	before := looseObjects(t, fx.s.Repo)
+	before := parityObjects(t, fx.s.Repo)
 	planned := map[string]bool{}
 	for _, l := range fx.list {
-		planned[relObject(l)] = true
-		if !before[relObject(l)] {
+		planned[l] = true
+		if !before[l] {
 			t.Fatalf("planned object %s is not in the finalized repository", l)
 		}
 	}
 	check := func(t testing.TB, repo, side string) {
-		after := looseObjects(t, repo)
+		after := parityObjects(t, repo)
 		var extra, missing []string
 		for o := range before {
 			switch {

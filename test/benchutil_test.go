@@ -288,34 +288,6 @@ func copyWithLine(src, dst, line string) error {
 	return err
 }
 
-// looseObjects lists a repository's loose objects as "XX/REST.suffix"
-// (relative to objects/), for checking what a side deleted.
-func looseObjects(t testing.TB, repo string) map[string]bool {
-	t.Helper()
-	objs := map[string]bool{}
-	base := filepath.Join(repo, "objects")
-	dirs, err := os.ReadDir(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range dirs {
-		if !d.IsDir() || len(d.Name()) != 2 {
-			continue
-		}
-		ents, err := os.ReadDir(filepath.Join(base, d.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			objs[d.Name()+"/"+e.Name()] = true
-		}
-	}
-	return objs
-}
-
-// relObject is the object's path relative to objects/.
-func relObject(line string) string { return line[:2] + "/" + line[2:] }
-
 // peakHeap samples the heap in use every 10 ms until stopped and returns
 // the peak above the level at the start (after a GC).
 func peakHeap() (stop func() uint64) {

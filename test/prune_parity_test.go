@@ -72,7 +72,7 @@ func (e *parityEnv) boot(d harness.Deployment) *harness.BootedHost {
 
 // parityObjects lists the loose objects of repo as `plan --list` prints
 // them ("<64-hex>.<suffix>"), every kind of file in objects/XX included.
-func parityObjects(t *testing.T, repo string) map[string]bool {
+func parityObjects(t testing.TB, repo string) map[string]bool {
 	t.Helper()
 	objs := map[string]bool{}
 	base := filepath.Join(repo, "objects")

@@ -37,6 +37,12 @@ type Config struct {
 	FS FS
 	// Log receives what happened and why; nil means slog.Default().
 	Log *slog.Logger
+	// Ostree is the ostree command whose --version says how the SELinux
+	// policy is refreshed after a merge; "" means "ostree" on PATH.
+	Ostree string
+	// Bwrap is the sandbox ostree runs semodule in; "" means
+	// "/usr/bin/bwrap", ostree's own fixed path.
+	Bwrap string
 	// LockTimeout bounds waits for ostree's repository and sysroot locks;
 	// 0 means 30s (libostree's own default lock-timeout-secs).
 	LockTimeout time.Duration
@@ -61,6 +67,12 @@ func (c *Config) defaults() {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if c.Ostree == "" {
+		c.Ostree = "ostree"
+	}
+	if c.Bwrap == "" {
+		c.Bwrap = "/usr/bin/bwrap"
 	}
 	if c.LockTimeout == 0 {
 		c.LockTimeout = 30 * time.Second
@@ -164,6 +176,9 @@ type EtcResult struct {
 	Removed  int    `json:"removed"`
 	Added    int    `json:"added"`
 	Written  int    `json:"written"` // entries written or removed in the staged etc
+	// Policy is what became of the SELinux policy refresh that ostree
+	// skips when we take over (Policy*; "" when none is needed).
+	Policy string `json:"selinux_policy,omitempty"`
 }
 
 // PruneResult is the plan side of a step.
@@ -362,8 +377,16 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	}
 	r.State = store.EtcPrecomputed
 
-	// Take over only when it cannot change ostree's outcome.
+	// Take over only when it cannot change ostree's outcome: ostree's
+	// refresh of the SELinux policy, skipped with its merge, is then ours.
 	why := takeoverBlocker(cfg, sys, merge)
+	if why == "" {
+		pol, err := refreshPolicy(ctx, cfg, sys.DeploymentDir(sys.Staged))
+		if err != nil {
+			return fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
+		}
+		r.Policy = pol
+	}
 	if why == "" {
 		kargs := orig.Kargs
 		if !orig.HasKargs {
@@ -388,6 +411,12 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 		}
 	}
 	r.Reason = why
+	if r.Policy == PolicyRefreshed {
+		// semodule wrote the staged etc for a takeover that did not
+		// happen; ostree's merge and refresh on top of that would not be
+		// its own outcome.
+		return fallback(ctx, cfg, sys, why+" (after the SELinux policy refresh)")
+	}
 	if err := restoreStaged(cfg, orig.Raw); err != nil {
 		return fallback(ctx, cfg, sys, err.Error())
 	}
@@ -403,12 +432,6 @@ func takeoverBlocker(cfg *Config, sys *ostree.Sysroot, merge *ostree.Deployment)
 	}
 	if !merge.Same(sys.Booted) {
 		return "the merge deployment is not the booted one"
-	}
-	// ostree refreshes the SELinux policy after its merge when the merged
-	// etc has selinux/config; we do not run semodule, so we leave both to
-	// ostree.
-	if _, err := os.Lstat(filepath.Join(sys.DeploymentDir(sys.Staged), "etc/selinux/config")); err == nil {
-		return "the new deployment has etc/selinux/config: ostree refreshes the SELinux policy after its merge"
 	}
 	return ""
 }
@@ -437,7 +460,7 @@ func recordEtc(cfg *Config, r EtcResult, baseline, takeover []byte) {
 		if err != nil {
 			return err
 		}
-		st.EtcState, st.EtcReason, st.Takeover = r.State, r.Reason, r.Takeover
+		st.EtcState, st.EtcReason, st.Takeover, st.Policy = r.State, r.Reason, r.Takeover, r.Policy
 		if r.State == store.EtcPrecomputed {
 			// The merge is complete and recorded with its baseline: the
 			// staged etc is no longer in the middle of a write.

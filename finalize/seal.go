@@ -79,6 +79,21 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	}
 	all := append(slices.Clone(changed), paths...)
 	all = append(all, snap.pending...)
+	policy := snap.state.Policy
+	redoPolicy := snap.tookOver() && policyStale(policy, all)
+	if redoPolicy {
+		if newState == store.EtcSealed {
+			// Too late to run semodule again (that is ostree's shutdown
+			// work, and ours would race nothing but cost the same): the
+			// caller falls back and ostree merges and refreshes.
+			return 0, fmt.Errorf("%w (%s)", errPolicyStale, firstPolicyInput(all))
+		}
+		// The output of the earlier refresh is in the staged etc: the
+		// whole etc goes back to the exact merge, then semodule runs on
+		// it again, as after a fresh merge.
+		cfg.Log.Info("an input of the SELinux policy changed; merging the whole etc and refreshing the policy again", "path", firstPolicyInput(all))
+		all = append(all, "")
+	}
 	n := 0
 	if len(all) > 0 {
 		interrupted, err := beginApplying(cfg.RunDir)
@@ -96,6 +111,12 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)
 		if err != nil {
 			return n, err
+		}
+	}
+	if redoPolicy {
+		if policy, err = refreshPolicy(ctx, cfg, sys.DeploymentDir(sys.Staged)); err != nil {
+			r := fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
+			return n, fmt.Errorf("%w: %s", ErrNoMerge, r.Reason)
 		}
 	}
 	nbBytes, err := nb.MarshalBinary()
@@ -119,7 +140,7 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		if err := tx.PutBlob(blobApplying, nil); err != nil {
 			return err
 		}
-		st.EtcState = newState
+		st.EtcState, st.Policy = newState, policy
 		if len(all) > 0 {
 			st.EtcReason = fmt.Sprintf("applied %d changed paths", len(all))
 		}
@@ -273,40 +294,25 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 		}
 		return done(EtcResult{State: snap.state.EtcState, Reason: snap.state.EtcReason})
 	}
-	if _, err := refresh(ctx, &cfg, snap, nil, store.EtcSealed); err != nil {
+	if _, err := refresh(ctx, &cfg, snap, nil, store.EtcSealed); errors.Is(err, errPolicyStale) {
+		return done(fallback(ctx, &cfg, sys, err.Error()+": ostree merges and refreshes"))
+	} else if err != nil {
 		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("sealing the /etc merge: %v", err)))
 	}
-	r := EtcResult{State: store.EtcSealed, Takeover: snap.tookOver()}
-	// A takeover is only valid while nothing SELinux-related appeared in
-	// the merged etc since staging.
+	r := EtcResult{State: store.EtcSealed, Takeover: snap.tookOver(), Reason: "sealed"}
 	if r.Takeover {
-		if why := takeoverBlocker(&cfg, sys, sys.Booted); why != "" {
-			// Our merge is exact and ostree's merge on top of an exact
-			// result changes nothing, so ostree may merge again.
-			if err := restoreStaged(&cfg, snap.orig); err != nil {
-				return done(fallback(ctx, &cfg, sys, err.Error()))
-			}
-			r.Takeover, r.Reason = false, why
-		}
-	}
-	if r.Reason == "" && !r.Takeover {
+		r.Policy = snap.state.Policy
+	} else {
 		// Say why ostree still merges, as stage did: status shows the
 		// reason of the last step.
-		if why := takeoverBlocker(&cfg, sys, sys.Booted); why != "" {
-			r.Reason = "sealed; ostree merges: " + why
-		} else {
-			r.Reason = "sealed; ostree merges on top (no takeover at staging)"
-		}
-	}
-	if r.Reason == "" {
-		r.Reason = "sealed"
+		r.Reason = "sealed; ostree merges on top (no takeover at staging)"
 	}
 	if err := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		st, err := tx.State()
 		if err != nil {
 			return err
 		}
-		st.EtcState, st.EtcReason, st.Takeover = r.State, r.Reason, r.Takeover
+		st.EtcState, st.EtcReason, st.Takeover, st.Policy = r.State, r.Reason, r.Takeover, r.Policy
 		return tx.PutState(st)
 	}); err != nil {
 		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("recording the seal: %v", err)))

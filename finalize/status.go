@@ -33,6 +33,9 @@ type EtcStatus struct {
 	PendingPaths int    `json:"pending_paths"`
 	Takeover     bool   `json:"takeover"`
 	Reason       string `json:"reason"`
+	// SELinuxPolicy: with a takeover, what became of the policy refresh
+	// ostree then skips (finalize.Policy*; absent when none was needed).
+	SELinuxPolicy string `json:"selinux_policy,omitempty"`
 }
 
 type PruneStatus struct {
@@ -83,6 +86,9 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Etc.State = st.EtcState
 		}
 		s.Etc.Reason, s.Etc.Takeover = st.EtcReason, snap.tookOver()
+		if s.Etc.Takeover {
+			s.Etc.SELinuxPolicy = st.Policy
+		}
 		s.Etc.PendingPaths = len(snap.pending)
 		if st.PruneState != "" {
 			s.Prune.State = st.PruneState

@@ -42,6 +42,9 @@ type State struct {
 	EtcState  string `json:"etc_state,omitempty"`  // one of Etc*; "" reads as EtcNone
 	EtcReason string `json:"etc_reason,omitempty"` // why the last etc transition happened
 	Takeover  bool   `json:"takeover,omitempty"`   // the staged state on disk is our rewrite
+	// Policy is the outcome of our SELinux policy refresh of the staged
+	// deployment (finalize.Policy*), meaningful with Takeover.
+	Policy string `json:"policy,omitempty"`
 
 	PruneState   string `json:"prune_state,omitempty"` // one of Prune*; "" reads as PruneNone
 	PruneReason  string `json:"prune_reason,omitempty"`

@@ -27,6 +27,9 @@ It does now what ostree would do at shutdown:
 
 Unless --no-takeover is given, ostree's own /etc merge is then skipped at
 shutdown: the staged state file is rewritten without its merge deployment.
+ostree skips its SELinux policy refresh with it, so when the new etc has
+selinux/config, stage runs that refresh itself as ostree would (semodule in
+a bwrap sandbox of the new deployment).
 The original is kept and put back on any doubt, so the worst case is
 ostree's normal behaviour.
 
@@ -71,6 +74,9 @@ func printStage(c *cobra.Command, r *finalize.StageResult) {
 	fmt.Fprintf(w, "/etc:   %s (%d modified, %d removed, %d added)", r.Etc.State, r.Etc.Modified, r.Etc.Removed, r.Etc.Added)
 	if r.Etc.Takeover {
 		fmt.Fprint(w, "; ostree's merge taken over")
+		if r.Etc.Policy == finalize.PolicyRefreshed {
+			fmt.Fprint(w, ", SELinux policy refreshed")
+		}
 	}
 	if r.Etc.Reason != "" {
 		fmt.Fprintf(w, "; %s", r.Etc.Reason)

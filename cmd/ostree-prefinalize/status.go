@@ -111,6 +111,9 @@ func writeStatus(w io.Writer, st *finalize.Status) error {
 	fmt.Fprintf(&b, "/etc:     %s", st.Etc.State)
 	if st.Etc.Takeover {
 		b.WriteString(", ostree's merge taken over")
+		if st.Etc.SELinuxPolicy == finalize.PolicyRefreshed {
+			b.WriteString(" (SELinux policy refreshed)")
+		}
 	}
 	if st.Etc.PendingPaths > 0 {
 		fmt.Fprintf(&b, ", %d changed paths waiting", st.Etc.PendingPaths)

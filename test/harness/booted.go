@@ -60,6 +60,20 @@ type BootOptions struct {
 	// host's root filesystem here) fails with EPERM and falls back to
 	// syncfs, as RunOstree explains.
 	KeepSysAdmin bool
+	// UserNS starts the namespace's unshare in a new user namespace that
+	// maps the whole uid and gid range onto itself, and keeps CAP_SYS_ADMIN
+	// for the command. Needed for anything that makes namespaces of its own,
+	// such as the bubblewrap sandbox ostree runs semodule in at
+	// finalization: bwrap needs CAP_SYS_ADMIN in the user namespace owning
+	// its current namespaces, which dropping it from the bounding set
+	// forbids. The freeze stays impossible without that drop: FIFREEZE
+	// needs CAP_SYS_ADMIN in the initial user namespace (the host
+	// filesystem's owner), which no process in a child user namespace has,
+	// so ostree still gets EPERM and falls back to syncfs. The identity
+	// mapping keeps ownership as the host sees it: chown to any id, user.*
+	// xattrs and mounts all work, and files keep their real owners.
+	// KeepSysAdmin has no further effect when UserNS is set.
+	UserNS bool
 }
 
 // BootedHost runs commands as if the machine had booted deployment d of the
@@ -79,6 +93,9 @@ type BootOptions struct {
 //	/run         RunDir, with the ostree-booted marker
 //	/tmp         a tmpfs per run; BinDir in it holds a systemctl stub (exit 0)
 //	/dev, /proc  the host's /dev, a fresh proc for the PID namespace
+//	/sys         the host's /sys, read-only, only when the deployment has a sys
+//	             directory (ostree's semodule sandbox binds /sys/block etc. from it;
+//	             NewTree has none, WithFakeSemodule adds one)
 //
 // The command runs in a further nested mount namespace, so ostree sees a
 // mount namespace different from PID 1's and, like a service started by
@@ -187,6 +204,10 @@ mount -t proc proc "$R/proc" || fail "mounting /proc"
 mount --bind "$H_RUN" "$R/run" || fail "mounting /run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp" || fail "mounting /tmp"
 mount --rbind /usr "$R/usr" || fail "mounting the host /usr"
+if [ -d "$R/sys" ]; then
+	mount --rbind /sys "$R/sys" || fail "mounting /sys"
+	mount -o remount,bind,ro,nosuid,nodev,noexec "$R/sys" || fail "remounting /sys read-only"
+fi
 mkdir -p "$R` + BinDir + `" || fail "making ` + BinDir + `"
 printf '#!/bin/sh\n# harness stub: ostree-finalize-staged is run by the test\nexit 0\n' > "$R` + BinDir + `/systemctl"
 chmod 0755 "$R` + BinDir + `/systemctl"
@@ -257,7 +278,7 @@ func (b *BootedHost) Start(ctx context.Context, argv ...string) (*Proc, error) {
 	args = append(args, argv...)
 
 	prefix := "unshare --mount --propagation private setpriv --bounding-set=-sys_admin"
-	if b.opts.KeepSysAdmin {
+	if b.opts.KeepSysAdmin || b.opts.UserNS {
 		prefix = "unshare --mount --propagation private"
 	}
 	d := b.Deployment
@@ -275,6 +296,15 @@ func (b *BootedHost) Start(ctx context.Context, argv ...string) (*Proc, error) {
 	// If the test binary dies, unshare dies, and --kill-child takes the
 	// namespace with it: no daemon outlives the test.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if b.opts.UserNS {
+		// See BootOptions.UserNS. Setgroups stays allowed so that tools
+		// (setpriv, su) can still change supplementary groups inside.
+		full := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1<<32 - 1}}
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = full
+		cmd.SysProcAttr.GidMappings = full
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+	}
 	p := &Proc{argv: argv, cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &p.stdout, &p.stderr
 	if err := cmd.Start(); err != nil {

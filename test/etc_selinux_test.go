@@ -1,0 +1,211 @@
+package test
+
+// The SELinux policy refresh (issue 4) against the real ostree 2022.7.
+// After its merge, ostree's finalization runs `semodule --help` and then
+// `semodule -N --rebuild-if-modules-changed` in a bwrap sandbox of the new
+// deployment when its etc has selinux/config; with the merge taken over it
+// skips both, so stage runs them itself. The test trees carry a fake,
+// static semodule (test/harness/fakesemodule) that rebuilds a "policy" from
+// the module store and the users of /etc/passwd, and logs every call in
+// etc/selinux/semodule.log: the entry-by-entry comparison of the new etc
+// with ostree's own (copy B) then also proves that semodule ran exactly as
+// often, with the same arguments, on the same inputs. The booted
+// namespaces are user namespaces (BootOptions.UserNS), where bwrap can
+// make its sandbox while FIFREEZE of the host's filesystem still fails.
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
+)
+
+const (
+	seModules = "/etc/selinux/targeted/active/modules"
+	// Edits that are inputs of the policy build: a locally installed
+	// module and a new user (genhomedircon labels its home).
+	seAddModule = `mkdir -p ` + seModules + `/400/local && echo '(local)' > ` + seModules + `/400/local/cil`
+	seAddUser   = `echo 'alice:x:1000:1000::/home/alice:/bin/sh' >> /etc/passwd`
+	seAddUser2  = `echo 'bob:x:1001:1001::/srv/bob:/bin/sh' >> /etc/passwd`
+)
+
+// selinuxTrees are etcTrees with an SELinux policy store and the fake
+// semodule; the update changes the base module, so the refresh rebuilds.
+func selinuxTrees(t *testing.T, noFlag bool) (*harness.Tree, *harness.Tree) {
+	t1, t2 := etcTrees()
+	for _, tr := range []*harness.Tree{t1, t2} {
+		tr.Set("usr/etc/selinux/config", harness.Text("SELINUX=disabled\nSELINUXTYPE=targeted\n"))
+		tr.Set("usr/etc/selinux/semanage.conf", harness.Text("store-root = /etc/selinux\n"))
+		tr.Set("usr/etc/selinux/targeted/active/modules/100/base/cil", harness.Text("(base v1)\n"))
+		tr.Set("usr/etc/selinux/targeted/policy/policy.33", harness.Text("policy from the compose\n"))
+	}
+	t2.Set("usr/etc/selinux/targeted/active/modules/100/base/cil", harness.Text("(base v2)\n"))
+	return harness.WithFakeSemodule(t, t1, noFlag), harness.WithFakeSemodule(t, t2, noFlag)
+}
+
+func newSELinuxEnv(t *testing.T, noFlag bool) *etcEnv {
+	t1, t2 := selinuxTrees(t, noFlag)
+	return newEtcEnvWith(t, t1, t2, func(o *harness.BootOptions) { o.UserNS = true })
+}
+
+// semoduleLog is the fake semodule's log in the new deployment's etc of h.
+func semoduleLog(t *testing.T, h *harness.BootedHost, d harness.Deployment) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(h.Sysroot.DeploymentDir(d.OS, d.Checksum, d.Serial), "etc/selinux/semodule.log"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimPrefix(l, "semodule ")
+	}
+	return lines
+}
+
+// requireRefreshLog checks that semodule ran once for --help and once to
+// rebuild (or, without the option, for --help only).
+func requireRefreshLog(t *testing.T, lines []string, rebuilt bool) {
+	t.Helper()
+	want := 1
+	if rebuilt {
+		want = 2
+	}
+	if len(lines) != want || !strings.HasPrefix(lines[0], "--help") ||
+		(rebuilt && !strings.HasPrefix(lines[1], "-N --rebuild-if-modules-changed")) {
+		t.Fatalf("semodule calls in the new etc: %q, want --help then -N --rebuild-if-modules-changed (%d calls)", lines, want)
+	}
+	for _, l := range lines {
+		if !strings.Contains(l, "sandbox=yes") {
+			t.Fatalf("semodule did not run in the deployment's sandbox: %q", l)
+		}
+	}
+}
+
+// Edits before and after staging that leave the policy inputs alone: we
+// take over, refresh the policy at staging, and the new etc (policy,
+// home directory labels, semodule's log) is exactly what ostree's own
+// merge and refresh produce; ostree neither merges nor runs semodule
+// again on our copy.
+func TestEtcSELinuxRefreshParity(t *testing.T) {
+	e := newSELinuxEnv(t, false)
+	r := e.run(t, etcRun{
+		before:       strings.Join([]string{etcKinds[0].script, etcKinds[4].script, seAddModule, seAddUser}, "\n"),
+		after:        etcKinds[5].script + "\n" + etcKinds[1].script,
+		wantTakeover: true,
+		afterStage: func(t *testing.T, h *harness.BootedHost) {
+			if st := statusOf(t, h); st.Etc.SELinuxPolicy != finalize.PolicyRefreshed {
+				t.Fatalf("status after stage: %+v", st.Etc)
+			}
+		},
+	})
+	if r.stage.Etc.Policy != finalize.PolicyRefreshed || r.pre.Etc.Policy != finalize.PolicyRefreshed {
+		t.Fatalf("policy: stage %+v, pre %+v", r.stage.Etc, r.pre.Etc)
+	}
+	requireRefreshLog(t, semoduleLog(t, r.ours, r.staged), true)
+	etc := filepath.Join(r.ours.Sysroot.DeploymentDir(r.staged.OS, r.staged.Checksum, r.staged.Serial), "etc")
+	homedirs, err := os.ReadFile(filepath.Join(etc, "selinux/targeted/contexts/files/file_contexts.homedirs"))
+	if err != nil || !strings.Contains(string(homedirs), "/home/alice") {
+		t.Fatalf("the refresh did not see the merged passwd: %q, %v", homedirs, err)
+	}
+}
+
+// An input of the policy changed after staging and nothing refreshed it
+// again before the seal (no watcher): the seal falls back, and ostree
+// merges and refreshes as it always did, from a pristine staged etc.
+func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
+	e := newSELinuxEnv(t, false)
+	for _, c := range []struct{ name, after string }{
+		{"user", seAddUser2},
+		{"module", seAddModule},
+		{"config", `echo '# local' >> /etc/selinux/config`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.withT(t).run(t, etcRun{before: etcKinds[0].script + "\n" + seAddUser, after: c.after + "\n" + etcKinds[2].script,
+				wantTakeover: true, preFallback: true})
+			if !strings.Contains(r.pre.Etc.Reason, "SELinux policy inputs changed") {
+				t.Fatalf("finalize --pre: %+v", r.pre.Etc)
+			}
+			requireRefreshLog(t, semoduleLog(t, r.ours, r.staged), true)
+		})
+	}
+}
+
+// The same change while the watcher runs: its batch merges the whole etc
+// again and refreshes the policy again, so the takeover holds and the
+// result is still exactly ostree's.
+func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
+	e := newSELinuxEnv(t, false)
+	var staged harness.Deployment
+	r := e.run(t, etcRun{before: seAddUser, after: seAddUser2 + "\n" + etcKinds[0].script, wantTakeover: true,
+		setup: func(t *testing.T, h *harness.BootedHost, s harness.Deployment) { staged = s },
+		beforePre: func(t *testing.T, h *harness.BootedHost) {
+			if n := len(semoduleLog(t, h, staged)); n != 2 {
+				t.Fatalf("after stage semodule ran %d times, want 2", n)
+			}
+			p, err := h.Start(e.ctx, "ostree-prefinalize", "-v", "watch")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The watcher's first batch finds passwd changed since the
+			// baseline: the whole etc is merged again (which removes the
+			// first refresh's output, semodule's log included) and the
+			// policy is refreshed again, now with bob's home.
+			homedirs := filepath.Join(h.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial),
+				"etc/selinux/targeted/contexts/files/file_contexts.homedirs")
+			pollUntil(t, "the watcher's refresh of the policy", 2*time.Minute, func() (bool, string) {
+				select {
+				case <-p.Done():
+					_, stderr, err := p.Wait()
+					t.Fatalf("watcher exited: %v\n%s", err, stderr)
+				default:
+				}
+				b, _ := os.ReadFile(homedirs)
+				st := statusOf(t, h)
+				return strings.Contains(string(b), "/srv/bob") && st.Etc.State == "precomputed" && st.Etc.PendingPaths == 0 &&
+						st.Etc.SELinuxPolicy == finalize.PolicyRefreshed,
+					string(b) + " / " + st.Etc.State + ": " + st.Etc.Reason
+			})
+			if err := p.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if _, stderr, err := p.Wait(); err != nil {
+				t.Fatalf("watcher after SIGTERM: %v\n%s", err, stderr)
+			} else if !strings.Contains(stderr, "input of the SELinux policy changed") {
+				t.Fatalf("the watcher did not say why it refreshed the policy:\n%s", stderr)
+			}
+		}})
+	requireRefreshLog(t, semoduleLog(t, r.ours, r.staged), true)
+}
+
+// A deployment whose semodule lacks the option: ostree only asks for the
+// help and does not refresh; neither do we, and the takeover stands even
+// when a policy input changes later.
+func TestEtcSELinuxNoRebuildOption(t *testing.T) {
+	e := newSELinuxEnv(t, true)
+	r := e.run(t, etcRun{before: seAddModule, after: seAddUser, wantTakeover: true})
+	if r.stage.Etc.Policy != finalize.PolicyUnsupported || r.pre.Etc.Policy != finalize.PolicyUnsupported {
+		t.Fatalf("policy: stage %+v, pre %+v", r.stage.Etc, r.pre.Etc)
+	}
+	requireRefreshLog(t, semoduleLog(t, r.ours, r.staged), false)
+}
+
+// semodule fails on the merged etc: stage says so at staging time and
+// falls back; ostree's finalization fails the same way on both copies.
+func TestEtcSELinuxRefreshFails(t *testing.T) {
+	e := newSELinuxEnv(t, false)
+	r := e.run(t, etcRun{
+		before:     `mkdir -p ` + seModules + `/400/broken && echo x > ` + seModules + `/400/broken/FAIL`,
+		after:      etcKinds[0].script,
+		wantReason: "semodule: Failed!", stageFails: "SELinux policy refresh", finalizeFails: "semodule: Failed!"})
+	if r.stage.Etc.State != "fallback" || r.pre.Etc.State != "fallback" {
+		t.Fatalf("stage %+v, pre %+v", r.stage.Etc, r.pre.Etc)
+	}
+}

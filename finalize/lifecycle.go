@@ -125,7 +125,14 @@ type snapshot struct {
 }
 
 func load(cfg *Config) (*snapshot, error) {
-	sys, err := ostree.LoadSysroot(cfg.Sysroot, ostree.LoadOptions{RunDir: cfg.RunDir, BootedDevIno: cfg.BootedDevIno})
+	return loadWith(cfg, ostree.LoadOptions{})
+}
+
+// loadWith is load with extra sysroot load options (RunDir and
+// BootedDevIno come from cfg).
+func loadWith(cfg *Config, opts ostree.LoadOptions) (*snapshot, error) {
+	opts.RunDir, opts.BootedDevIno = cfg.RunDir, cfg.BootedDevIno
+	sys, err := ostree.LoadSysroot(cfg.Sysroot, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 )
 
@@ -63,7 +64,9 @@ type WatcherStatus struct {
 // status must always answer.
 func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	cfg.defaults()
-	snap, err := load(&cfg)
+	// A staged state that cannot be read is reported, not an error:
+	// status answers with what it knows.
+	snap, err := loadWith(&cfg, ostree.LoadOptions{TolerateStaged: true})
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +78,9 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Staged = &StagedStatus{OSName: d.OSName, Checksum: d.Checksum.String(), Serial: d.Serial, Locked: snap.sys.StagedLocked}
 	}
 	switch {
+	case snap.sys.StagedErr != nil:
+		s.Etc.Reason = "staged state unreadable (ostree's finalization will fail on it too): " + snap.sys.StagedErr.Error()
+		s.Prune.Reason = s.Etc.Reason
 	case snap.storeErr != nil:
 		s.Etc.Reason = "runtime store unreadable: " + snap.storeErr.Error()
 		s.Prune.Reason = s.Etc.Reason

@@ -35,6 +35,9 @@ type Sysroot struct {
 	// came from.
 	Staged      *Deployment
 	StagedState *StagedState
+	// StagedErr is why the staged state could not be loaded, with
+	// LoadOptions.TolerateStaged only.
+	StagedErr error
 	// StagedLocked: finalization is locked, i.e. <RunDir>/ostree/staged-deployment-locked
 	// exists (what ostree 2022.7 checks) or the state's "locked" key is true
 	// (newer ostree).
@@ -61,6 +64,10 @@ type LoadOptions struct {
 	// NoBooted looks for no booted deployment, and so (as ostree) loads no
 	// staged deployment either.
 	NoBooted bool
+	// TolerateStaged loads the sysroot even when the staged state cannot
+	// be read or decoded: Sysroot.StagedErr then says why and no staged
+	// deployment is loaded. For reports (status); ostree itself fails.
+	TolerateStaged bool
 }
 
 // LoadSysroot reads the sysroot at path as ostree_sysroot_load does.
@@ -120,7 +127,10 @@ func LoadSysroot(path string, opts LoadOptions) (*Sysroot, error) {
 	}
 	if l.booted {
 		if err := l.loadStaged(); err != nil {
-			return nil, err
+			if !opts.TolerateStaged {
+				return nil, err
+			}
+			s.Staged, s.StagedState, s.StagedLocked, s.StagedErr = nil, nil, false, err
 		}
 	}
 	// ostree sorts the configs, then sorts the deployments again with the

@@ -266,6 +266,16 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		backup, berr := readBackup(cfg.RunDir)
 		if berr == nil && isTakeoverOf(snap.disk, backup) {
 			orig = backup
+		} else if why := lostTakeover(ctx, sys, snap.disk); why != "" {
+			// Merging again would keep the takeover of a state we can no
+			// longer restore; going on as if ostree had staged without a
+			// merge would leave a stale merge in the new etc.
+			err := fmt.Errorf("%s; the runtime store is unreadable (%v) and the backup copy does not hold it either", why, snap.storeErr)
+			if lerr := lockFinalization(&cfg); lerr != nil {
+				return nil, fmt.Errorf("%w; locking finalization failed: %v", err, lerr)
+			}
+			cfg.Log.Error("finalization locked: ostree's staged state is lost", slog.String(msgid.Key, msgid.Fallback), "reason", err.Error())
+			return nil, fmt.Errorf("%w; finalization locked: stage the update again to recover", err)
 		}
 		// We cannot tell whether a killed earlier run left the staged etc
 		// half-written: reconcile it whole (MergePaths over everything)
@@ -511,6 +521,20 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 		if err := restoreStaged(cfg, snapOrig); err != nil {
 			errs = append(errs, err.Error())
 		}
+	} else if why := lostTakeover(ctx, sys, sys.StagedState.Raw); why != "" {
+		// The reset below would leave a pristine etc that ostree, seeing
+		// no merge deployment, would not merge into: the booted /etc's
+		// changes would be lost. Lock instead (below), etc untouched.
+		log.Error("cannot restore ostree's staged state", "reason", why)
+		r.Reason += "; " + why + "; fallback failed too (no copy of ostree's staged state)"
+		if err := lockFinalization(cfg); err != nil {
+			r.Reason += fmt.Sprintf("; locking finalization failed: %v", err)
+		} else {
+			r.Reason += "; finalization locked: the update is not applied at this shutdown"
+		}
+		log.Warn("fell back to ostree's own /etc merge", slog.String(msgid.Key, msgid.Fallback), "reason", r.Reason)
+		recordEtc(cfg, r, nil, nil)
+		return r
 	}
 	p := pathsOf(sys)
 	// The reset writes the staged etc: marked, so that a kill in the
@@ -720,4 +744,26 @@ func summarize(p *prune.Plan, deps []*ostree.Deployment) PruneResult {
 		r.Survivors = append(r.Survivors, d.OSName+" "+d.DeployName())
 	}
 	return r
+}
+
+// lostTakeover says why the staged state on disk may be a takeover of ours
+// whose original is lost, or "" when it cannot be: it has a merge
+// deployment (ostree's own), or none and the staged etc is still the
+// pristine copy of its usr/etc that ostree's deploy made (a staging
+// without merge, --no-merge: nothing of ours in it). Any doubt (the state
+// or the etc cannot be read) counts as lost.
+func lostTakeover(ctx context.Context, sys *ostree.Sysroot, disk []byte) string {
+	st, err := ostree.DecodeStagedState(disk)
+	if err != nil || st.Merge != nil || sys.Staged == nil {
+		return ""
+	}
+	dir := sys.DeploymentDir(sys.Staged)
+	c, err := Diff(ctx, filepath.Join(dir, "usr/etc"), filepath.Join(dir, "etc"))
+	if err != nil {
+		return fmt.Sprintf("the staged state has no merge deployment and the staged etc cannot be compared with its defaults (%v)", err)
+	}
+	if n := len(c.Modified) + len(c.Removed) + len(c.Added); n > 0 {
+		return fmt.Sprintf("the staged state has no merge deployment but the staged etc holds a merge (%d entries differ from its defaults): it looks like our takeover, and ostree's original staged state is lost", n)
+	}
+	return ""
 }

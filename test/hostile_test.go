@@ -244,6 +244,62 @@ func TestHostileRuntimeStore(t *testing.T) {
 			requireSameManifest(t, "the booted /etc was written", booted, bootedManifest(t, c))
 		})
 	}
+	// Both copies of ostree's staged state lost (store unreadable, backup
+	// gone) while our takeover is on disk: ostree, seeing no merge
+	// deployment, would not merge, and a reset etc would lose the booted
+	// /etc's changes. stage and finalize --pre lock finalization instead,
+	// say why, and leave both etcs alone.
+	t.Run("no-backup", func(t *testing.T) {
+		c := f.b.Copy(t)
+		orig := stagedBytes(t, c)
+		c.MustRun("ostree-prefinalize", "stage")
+		took := stagedBytes(t, c)
+		if string(took) == string(orig) {
+			t.Fatal("stage did not take over: the case proves nothing")
+		}
+		after(c.EtcDir())
+		if err := os.WriteFile(store.RuntimePath(c.RunDir), []byte("garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(c.RunDir, "ostree-prefinalize", "orig-staged-deployment")); err != nil {
+			t.Fatal(err)
+		}
+		booted := bootedManifest(t, c)
+		stagedEtc := etcManifest(t, filepath.Join(c.Sysroot.DeploymentDir(f.staged.OS, f.staged.Checksum, f.staged.Serial), "etc"), true)
+		locked := filepath.Join(c.RunDir, "ostree", "staged-deployment-locked")
+		_, stderr, err := c.Run(f.ctx, "ostree-prefinalize", "stage")
+		requireCleanError(t, "stage", stderr, err, "finalization locked")
+		if !strings.Contains(statusOf(t, c).Etc.Reason, "unreadable") {
+			t.Fatal("status does not say why")
+		}
+		if _, err := os.Stat(locked); err != nil {
+			t.Fatalf("stage did not lock finalization: %v", err)
+		}
+		if err := os.Remove(locked); err != nil {
+			t.Fatal(err)
+		}
+		// It exits 1: it could not fall back.
+		out, stderr, err := c.Run(f.ctx, "ostree-prefinalize", "finalize", "--pre", "--json")
+		if err == nil || !strings.Contains(out, "finalization locked") {
+			t.Fatalf("finalize --pre: %v\n%s\n%s", err, out, stderr)
+		}
+		if _, err := os.Stat(locked); err != nil {
+			t.Fatalf("finalize --pre did not lock finalization: %v", err)
+		}
+		if string(stagedBytes(t, c)) != string(took) {
+			t.Fatal("the staged state was rewritten")
+		}
+		requireSameManifest(t, "the booted /etc was written", booted, bootedManifest(t, c))
+		requireSameManifest(t, "the staged etc was written", stagedEtc, etcManifest(t, filepath.Join(c.Sysroot.DeploymentDir(f.staged.OS, f.staged.Checksum, f.staged.Serial), "etc"), true))
+		// ostree honours the lock: nothing finalized, the update waits.
+		if _, err := c.FinalizeStaged(f.ctx); err != nil {
+			t.Logf("finalize-staged with the lock: %v", err)
+		}
+		if _, err := os.Stat(c.StagedPath()); err != nil {
+			t.Fatalf("ostree finalized despite the lock: %v", err)
+		}
+	})
+
 	// stage on a corrupt store resets it and starts over.
 	c := f.b.Copy(t)
 	c.MustRun("ostree-prefinalize", "stage")

@@ -29,6 +29,14 @@ one predicted at staging and saves the prune plan under the sysroot for
 at once. If the prediction does not hold, nothing is saved (and ostree's
 own cleanup remains the way to free the space).
 
+Exit status of --post: 0 when the plan was saved (or deleted), when there
+was nothing planned, and when a deployment is still staged (a locked
+finalization: ostree kept the update for a later shutdown, as asked);
+1 when the deployment list is not the predicted one (ostree's finalization
+failed, or the deployments changed behind our back) or the plan could not
+be saved. Either way nothing is deleted that was not planned, and
+'status' says why.
+
 With nothing staged (--pre) or nothing planned (--post) it exits 0.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {

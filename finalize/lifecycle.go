@@ -517,36 +517,31 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 		snapOrig, _ = readBackup(cfg.RunDir)
 	}
 	var errs []string
+	lost := ""
 	if snapOrig != nil {
 		if err := restoreStaged(cfg, snapOrig); err != nil {
 			errs = append(errs, err.Error())
 		}
-	} else if why := lostTakeover(ctx, sys, sys.StagedState.Raw); why != "" {
-		// The reset below would leave a pristine etc that ostree, seeing
-		// no merge deployment, would not merge into: the booted /etc's
-		// changes would be lost. Lock instead (below), etc untouched.
-		log.Error("cannot restore ostree's staged state", "reason", why)
-		r.Reason += "; " + why + "; fallback failed too (no copy of ostree's staged state)"
-		if err := lockFinalization(cfg); err != nil {
-			r.Reason += fmt.Sprintf("; locking finalization failed: %v", err)
-		} else {
-			r.Reason += "; finalization locked: the update is not applied at this shutdown"
-		}
-		log.Warn("fell back to ostree's own /etc merge", slog.String(msgid.Key, msgid.Fallback), "reason", r.Reason)
-		recordEtc(cfg, r, nil, nil)
-		return r
+	} else if lost = lostTakeover(ctx, sys, sys.StagedState.Raw); lost != "" {
+		// A reset would leave a pristine etc that ostree, seeing no merge
+		// deployment, would not merge into: the booted /etc's changes
+		// would be lost. Lock instead (below), the etc untouched.
+		errs = append(errs, lost+" (no copy of ostree's staged state)")
 	}
-	p := pathsOf(sys)
-	// The reset writes the staged etc: marked, so that a kill in the
-	// middle of it makes the next step reset again (the mark is kept when
-	// the reset fails). The mark is best effort: with an unreadable store
-	// (one reason to fall back) the reset must still happen.
-	_, markErr := beginApplying(cfg.RunDir)
-	if _, err := Reset(ctx, cfg.FS, p.newEtc, p.defaults); err != nil {
-		errs = append(errs, fmt.Sprintf("resetting the staged etc: %v", err))
-	} else if markErr == nil {
-		if err := endApplying(cfg.RunDir); err != nil {
-			log.Warn("recording the reset of the staged etc", "err", err)
+	if lost == "" {
+		p := pathsOf(sys)
+		// The reset writes the staged etc: marked, so that a kill in the
+		// middle of it makes the next step reset again (the mark is kept
+		// when the reset fails). The mark is best effort: with an
+		// unreadable store (one reason to fall back) the reset must still
+		// happen.
+		_, markErr := beginApplying(cfg.RunDir)
+		if _, err := Reset(ctx, cfg.FS, p.newEtc, p.defaults); err != nil {
+			errs = append(errs, fmt.Sprintf("resetting the staged etc: %v", err))
+		} else if markErr == nil {
+			if err := endApplying(cfg.RunDir); err != nil {
+				log.Warn("recording the reset of the staged etc", "err", err)
+			}
 		}
 	}
 	if len(errs) > 0 {

@@ -203,3 +203,23 @@ func TestRefreshPolicyNoBwrap(t *testing.T) {
 		t.Fatalf("want an ErrPolicy when ostree cannot say its version, got %v", err)
 	}
 }
+
+// FuzzParseOstreeVersion: any output of `ostree --version` gives a known
+// option or an ErrPolicy error, never a guess.
+func FuzzParseOstreeVersion(f *testing.F) {
+	f.Add([]byte("libostree:\n Version: '2023.8'\n Features:\n  - selinux\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := parseOstreeVersion(b)
+		if err != nil {
+			if !errors.Is(err, ErrPolicy) {
+				t.Fatalf("error without ErrPolicy: %v", err)
+			}
+			return
+		}
+		switch r.flag {
+		case "", "--rebuild-if-modules-changed", "--refresh":
+		default:
+			t.Fatalf("flag %q", r.flag)
+		}
+	})
+}

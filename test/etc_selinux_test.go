@@ -14,8 +14,10 @@ package test
 // make its sandbox while FIFREEZE of the host's filesystem still fails.
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -208,4 +210,47 @@ func TestEtcSELinuxRefreshFails(t *testing.T) {
 	if r.stage.Etc.State != "fallback" || r.pre.Etc.State != "fallback" {
 		t.Fatalf("stage %+v, pre %+v", r.stage.Etc, r.pre.Etc)
 	}
+}
+
+// A read-only /sysroot, as Fedora CoreOS mounts it: stage writes the
+// staged etc from a private mount namespace with a read-write remount, and
+// semodule, started from that namespace, writes through it too. ostree's
+// finalization then neither merges nor refreshes, and the new etc is the
+// one ostree produces alone on a copy.
+func TestEtcSELinuxReadOnlySysroot(t *testing.T) {
+	e := newSELinuxEnv(t, false)
+	h := e.base.Copy(t)
+	h.MustShell(seAddUser + "\n" + etcKinds[0].script)
+	staged := h.Stage("testos/main")
+	theirs := h.Copy(t)
+	o := e.opts
+	o.Binds = append(slices.Clone(o.Binds), harness.Bind{Src: h.Sysroot.Path, Dst: "/sysroot", ReadOnly: true})
+	o.RunDir = h.RunDir
+	ro := h.Sysroot.Boot(t, h.Deployment, o)
+	if out := ro.MustShell(`grep ' /sysroot ' /proc/self/mountinfo`); !strings.Contains(out, " ro") {
+		t.Fatalf("/sysroot is not read-only in the namespace: %q", out)
+	}
+	var res finalize.StageResult
+	if err := json.Unmarshal([]byte(ro.MustRun("ostree-prefinalize", "stage", "--json")), &res); err != nil {
+		t.Fatal(err)
+	}
+	if !res.Etc.Takeover || res.Etc.Policy != finalize.PolicyRefreshed {
+		t.Fatalf("stage on a read-only sysroot: %+v", res.Etc)
+	}
+	ro.MustRun("ostree-prefinalize", "finalize", "--pre")
+	// ostree's own remount (of the filesystem, not the bind mount) needs
+	// CAP_SYS_ADMIN over the host's filesystem, which the user namespace
+	// lacks: it finalizes through the read-write view of the same sysroot.
+	fin, err := h.FinalizeStaged(e.ctx)
+	if err != nil || fin.Merged {
+		t.Fatalf("finalize-staged after ours: merged %v, %v\n%s", fin.Merged, err, fin.Stdout)
+	}
+	if _, err := theirs.FinalizeStaged(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	requireRefreshLog(t, semoduleLog(t, ro, staged), true)
+	newA := filepath.Join(ro.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
+	newB := filepath.Join(theirs.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
+	requireSameManifest(t, "the new /etc differs from ostree's own merge (first ours, second ostree's)",
+		etcManifest(t, newA, true), etcManifest(t, newB, true))
 }

@@ -321,13 +321,49 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		return nil, err
 	}
 
-	res.Etc = stageEtc(ctx, &cfg, sys, origState, snap.disk, fresh)
+	if !fresh && !cfg.NoTakeover && snap.tookOver() && !snap.applying && precomputed(snap.state.EtcState) {
+		// Run again with our takeover in place (ostree-prefinalize.path
+		// starts stage again when the takeover rewrites the staged state):
+		// bring the merge up to date as the watcher does, rather than
+		// reconciling the whole etc, which would also undo and redo the
+		// SELinux policy refresh.
+		res.Etc = catchUp(ctx, &cfg, snap)
+	} else {
+		res.Etc = stageEtc(ctx, &cfg, sys, origState, snap.disk, fresh)
+	}
 	res.Prune = stagePlan(ctx, &cfg, sys, origState)
 	res.Duration = time.Since(start).Seconds()
 	if res.Etc.State == store.EtcFallback {
 		return res, fmt.Errorf("/etc merge: %s", res.Etc.Reason)
 	}
 	return res, nil
+}
+
+// precomputed reports whether an etc state holds our merge, complete as of
+// its baseline.
+func precomputed(state string) bool {
+	return state == store.EtcPrecomputed || state == store.EtcDirty || state == store.EtcSealed
+}
+
+// catchUp is stage for a merge already precomputed and taken over: what
+// changed since the baseline is applied (refresh), the takeover stays.
+func catchUp(ctx context.Context, cfg *Config, snap *snapshot) EtcResult {
+	n, err := refresh(ctx, cfg, snap, nil, store.EtcPrecomputed)
+	switch {
+	case errors.Is(err, ErrNoMerge):
+		// refresh fell back already (the policy refresh failed).
+		return EtcResult{State: store.EtcFallback, Reason: err.Error()}
+	case err != nil:
+		return fallback(ctx, cfg, snap.sys, fmt.Sprintf("bringing the /etc merge up to date: %v", err))
+	}
+	r := EtcResult{State: store.EtcPrecomputed, Takeover: true, Written: n, Reason: "taken over already; brought up to date"}
+	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		r.Policy = st.Policy
+		return err
+	})
+	cfg.Log.Info("the /etc merge was taken over already; brought it up to date", "written", n)
+	return r
 }
 
 // isTakeoverOf reports whether disk is what a takeover of orig looks like:

@@ -98,13 +98,34 @@ func requireRefreshLog(t *testing.T, lines []string, rebuilt bool) {
 // again on our copy.
 func TestEtcSELinuxRefreshParity(t *testing.T) {
 	e := newSELinuxEnv(t, false)
+	var staged harness.Deployment
 	r := e.run(t, etcRun{
 		before:       strings.Join([]string{etcKinds[0].script, etcKinds[4].script, seAddModule, seAddUser}, "\n"),
 		after:        etcKinds[5].script + "\n" + etcKinds[1].script,
 		wantTakeover: true,
+		setup:        func(t *testing.T, h *harness.BootedHost, s harness.Deployment) { staged = s },
 		afterStage: func(t *testing.T, h *harness.BootedHost) {
 			if st := statusOf(t, h); st.Etc.SELinuxPolicy != finalize.PolicyRefreshed {
 				t.Fatalf("status after stage: %+v", st.Etc)
+			}
+			// stage again (ostree-prefinalize.path does, after our
+			// rewrite of the staged state): nothing changed, so nothing
+			// is written and the policy is not rebuilt (same inode).
+			policy := filepath.Join(h.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc/selinux/targeted/policy/policy.33")
+			ino := func() uint64 {
+				fi, err := os.Stat(policy)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return fi.Sys().(*syscall.Stat_t).Ino
+			}
+			before := ino()
+			var again finalize.StageResult
+			if err := json.Unmarshal([]byte(h.MustRun("ostree-prefinalize", "stage", "--json")), &again); err != nil {
+				t.Fatal(err)
+			}
+			if !again.Etc.Takeover || again.Etc.Written != 0 || again.Etc.Policy != finalize.PolicyRefreshed || ino() != before {
+				t.Fatalf("stage again: %+v, policy rebuilt: %v", again.Etc, ino() != before)
 			}
 		},
 	})

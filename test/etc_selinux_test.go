@@ -14,7 +14,9 @@ package test
 // make its sandbox while FIFREEZE of the host's filesystem still fails.
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -274,4 +276,99 @@ func TestEtcSELinuxReadOnlySysroot(t *testing.T) {
 	newB := filepath.Join(theirs.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
 	requireSameManifest(t, "the new /etc differs from ostree's own merge (first ours, second ostree's)",
 		etcManifest(t, newA, true), etcManifest(t, newB, true))
+}
+
+// seSlow makes every rebuild pause halfway (the fake semodule's SLOW).
+const seSlow = `mkdir -p /etc/selinux/targeted/active && : > /etc/selinux/targeted/active/SLOW`
+
+// killMidRebuild starts argv in h, waits for the fake semodule's pause in
+// the staged deployment d and SIGKILLs argv there: bwrap dies with its
+// parent, and semodule with it, leaving a half-written policy.
+func killMidRebuild(t *testing.T, h *harness.BootedHost, d harness.Deployment, argv ...string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := h.Start(ctx, argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeping := filepath.Join(h.Sysroot.DeploymentDir(d.OS, d.Checksum, d.Serial), "var/lib/fake-semodule/sleeping")
+	pollUntil(t, "semodule's pause under "+argv[1], time.Minute, func() (bool, string) {
+		select {
+		case <-p.Done():
+			_, stderr, err := p.Wait()
+			t.Fatalf("%v ended before semodule paused: %v\n%s", argv, err, stderr)
+		default:
+		}
+		_, err := os.Stat(sleeping)
+		return err == nil, fmt.Sprint(err)
+	})
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.Wait(); err == nil {
+		t.Fatalf("%v was not killed", argv)
+	}
+	// The namespace is gone, semodule with it: the pause never ends.
+	if err := os.Remove(sleeping); err != nil {
+		t.Fatalf("semodule went on after the kill? %v", err)
+	}
+}
+
+// SIGKILL in the middle of the policy refresh, at staging and in a
+// watcher batch: the next finalize --pre falls back (the staged etc was
+// being written), and ostree's merge and refresh give exactly its own
+// result.
+func TestEtcSELinuxKillDuringRefresh(t *testing.T) {
+	e := newSELinuxEnv(t, false)
+	base := e.base.Copy(t)
+	base.MustShell(seSlow + "\n" + seAddUser + "\n" + etcKinds[0].script)
+	staged := base.Stage("testos/main")
+	orig := stagedBytes(t, base)
+	finish := func(t *testing.T, ours *harness.BootedHost, theirs *harness.BootedHost) {
+		t.Helper()
+		var pre finalize.PreResult
+		if err := json.Unmarshal([]byte(ours.MustRun("ostree-prefinalize", "finalize", "--pre", "--json")), &pre); err != nil {
+			t.Fatal(err)
+		}
+		if pre.Etc.State != "fallback" || pre.Etc.Takeover {
+			t.Fatalf("finalize --pre after the kill: %+v", pre.Etc)
+		}
+		if string(stagedBytes(t, ours)) != string(orig) {
+			t.Fatal("ostree's staged state is not back")
+		}
+		fin, err := ours.FinalizeStaged(e.ctx)
+		if err != nil || !fin.Merged {
+			t.Fatalf("finalize-staged after ours: merged %v, %v\n%s", fin.Merged, err, fin.Stderr)
+		}
+		if _, err := theirs.FinalizeStaged(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		requireRefreshLog(t, semoduleLog(t, ours, staged), true)
+		newA := filepath.Join(ours.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
+		newB := filepath.Join(theirs.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
+		requireSameManifest(t, "the new /etc differs from ostree's own merge (first ours, second ostree's)",
+			etcManifest(t, newA, false), etcManifest(t, newB, false))
+	}
+	t.Run("stage", func(t *testing.T) {
+		ours := base.Copy(t)
+		theirs := base.Copy(t)
+		killMidRebuild(t, ours, staged, "ostree-prefinalize", "stage")
+		if string(stagedBytes(t, ours)) != string(orig) {
+			t.Fatal("the takeover was written before the policy refresh finished")
+		}
+		finish(t, ours, theirs)
+	})
+	t.Run("watcher", func(t *testing.T) {
+		ours := base.Copy(t)
+		ours.MustRun("ostree-prefinalize", "stage")
+		if string(stagedBytes(t, ours)) == string(orig) {
+			t.Fatal("stage did not take over: the case proves nothing")
+		}
+		theirs := base.Copy(t)
+		ours.MustShell(seAddUser2)
+		theirs.MustShell(seAddUser2)
+		killMidRebuild(t, ours, staged, "ostree-prefinalize", "watch")
+		finish(t, ours, theirs)
+	})
 }

@@ -18,7 +18,8 @@
 //	    /etc/selinux/T/contexts/files/file_contexts.homedirs (from
 //	    /etc/passwd, users with uid >= 1000), the new checksum, and the
 //	    marker /var/lib/fake-semodule/rebuilt. A regular file named FAIL
-//	    anywhere in the store makes the rebuild fail (exit 1). With the
+//	    anywhere in the store makes the rebuild fail (exit 1); a file
+//	    /etc/selinux/T/active/SLOW makes it pause halfway (SlowName). With the
 //	    no-rebuild-flag marker these are unknown options, as for a real
 //	    old semodule.
 //
@@ -57,11 +58,20 @@ var FixedTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Paths relative to the root, slash-separated.
 const (
-	logPath     = "etc/selinux/semodule.log"
-	configPath  = "etc/selinux/config"
-	passwdPath  = "etc/passwd"
-	noFlagPath  = "usr/share/fake-semodule/no-rebuild-flag"
-	markerPath  = "var/lib/fake-semodule/rebuilt"
+	logPath    = "etc/selinux/semodule.log"
+	configPath = "etc/selinux/config"
+	passwdPath = "etc/passwd"
+	noFlagPath = "usr/share/fake-semodule/no-rebuild-flag"
+	markerPath = "var/lib/fake-semodule/rebuilt"
+	// sleepingPath exists while a slow rebuild (see SlowName) pauses.
+	sleepingPath = "var/lib/fake-semodule/sleeping"
+	// SlowName: with /etc/selinux/T/active/SLOW present, a rebuild pauses
+	// for SlowPause after writing the policy and before the rest, with
+	// sleepingPath present meanwhile: a window for tests that kill the
+	// caller in the middle of a rebuild (bwrap --die-with-parent then
+	// ends semodule too).
+	SlowName    = "SLOW"
+	SlowPause   = 3 * time.Second
 	selfPath    = "usr/bin/semodule"
 	runPath     = "run"
 	storeSuffix = "active/modules"
@@ -310,6 +320,16 @@ func rebuildIfChanged(w *writer) error {
 	} {
 		if err := w.write(f.rel, f.data); err != nil {
 			return err
+		}
+		if f.rel == base+"/policy/policy.33" && exists(filepath.Join(root, base, "active", SlowName)) {
+			if err := w.write(sleepingPath, nil); err != nil {
+				return err
+			}
+			// A modelled slow rebuild, not synchronisation.
+			time.Sleep(SlowPause)
+			if err := os.Remove(filepath.Join(root, sleepingPath)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -18,6 +18,14 @@
 // usr/etc are read, never written. Files are written whole (temporary
 // file, fsync, rename) and each operation ends with one syncfs.
 //
+// # The lifecycle
+//
+// Stage, Refresh (the watcher's batch), Pre (the seal), Post and Cleanup
+// are the steps the command line runs; each re-reads the sysroot and the
+// runtime store. Taking over ostree's merge also skips ostree's SELinux
+// policy refresh, so Stage runs it (selinux.go) and the later steps keep it
+// valid or fall back.
+//
 // # Caveats
 //
 // Where ostree would follow a symlink in the new etc (a symlinked parent

@@ -294,6 +294,13 @@ func TestLoadSysrootStaged(t *testing.T) {
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "staged-deployment") {
 		t.Errorf("truncated staged state: %v", err)
 	}
+	// TolerateStaged: the rest loads, with no staged deployment and the
+	// reason kept (the lock file of the unreadable state is not reported).
+	s, err = LoadSysroot(dir, LoadOptions{RunDir: run, BootedDevIno: booted, TolerateStaged: true})
+	if err != nil || s.Staged != nil || s.StagedState != nil || s.StagedLocked || len(s.Deployments) != 2 || s.Booted == nil ||
+		!errors.Is(s.StagedErr, ErrCorrupt) || !strings.Contains(s.StagedErr.Error(), "staged-deployment") {
+		t.Errorf("TolerateStaged: %v, %+v", err, s)
+	}
 }
 
 // TestLoadSysrootBad breaks one thing at a time; each must be a clear

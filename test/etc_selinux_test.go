@@ -264,18 +264,26 @@ func TestEtcSELinuxReadOnlySysroot(t *testing.T) {
 	// ostree's own remount (of the filesystem, not the bind mount) needs
 	// CAP_SYS_ADMIN over the host's filesystem, which the user namespace
 	// lacks: it finalizes through the read-write view of the same sysroot.
-	fin, err := h.FinalizeStaged(e.ctx)
-	if err != nil || fin.Merged {
-		t.Fatalf("finalize-staged after ours: merged %v, %v\n%s", fin.Merged, err, fin.Stdout)
+	finalizeAndCompare(t, e, h, theirs, staged, false, true)
+}
+
+// finalizeAndCompare runs the real finalize-staged on ours (where ostree
+// must merge or not, as merged says) and on theirs (ostree alone), and
+// requires semodule's two calls and the same new etc on both.
+func finalizeAndCompare(t *testing.T, e *etcEnv, ours, theirs *harness.BootedHost, staged harness.Deployment, merged, mtimes bool) {
+	t.Helper()
+	fin, err := ours.FinalizeStaged(e.ctx)
+	if err != nil || fin.Merged != merged {
+		t.Fatalf("finalize-staged after ours: merged %v (want %v), %v\n%s%s", fin.Merged, merged, err, fin.Stdout, fin.Stderr)
 	}
 	if _, err := theirs.FinalizeStaged(e.ctx); err != nil {
 		t.Fatal(err)
 	}
-	requireRefreshLog(t, semoduleLog(t, ro, staged), true)
-	newA := filepath.Join(ro.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
+	requireRefreshLog(t, semoduleLog(t, ours, staged), true)
+	newA := filepath.Join(ours.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
 	newB := filepath.Join(theirs.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
 	requireSameManifest(t, "the new /etc differs from ostree's own merge (first ours, second ostree's)",
-		etcManifest(t, newA, true), etcManifest(t, newB, true))
+		etcManifest(t, newA, mtimes), etcManifest(t, newB, mtimes))
 }
 
 // seSlow makes every rebuild pause halfway (the fake semodule's SLOW).
@@ -337,18 +345,7 @@ func TestEtcSELinuxKillDuringRefresh(t *testing.T) {
 		if string(stagedBytes(t, ours)) != string(orig) {
 			t.Fatal("ostree's staged state is not back")
 		}
-		fin, err := ours.FinalizeStaged(e.ctx)
-		if err != nil || !fin.Merged {
-			t.Fatalf("finalize-staged after ours: merged %v, %v\n%s", fin.Merged, err, fin.Stderr)
-		}
-		if _, err := theirs.FinalizeStaged(e.ctx); err != nil {
-			t.Fatal(err)
-		}
-		requireRefreshLog(t, semoduleLog(t, ours, staged), true)
-		newA := filepath.Join(ours.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
-		newB := filepath.Join(theirs.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc")
-		requireSameManifest(t, "the new /etc differs from ostree's own merge (first ours, second ostree's)",
-			etcManifest(t, newA, false), etcManifest(t, newB, false))
+		finalizeAndCompare(t, e, ours, theirs, staged, true, false)
 	}
 	t.Run("stage", func(t *testing.T) {
 		ours := base.Copy(t)

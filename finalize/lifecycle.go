@@ -266,16 +266,13 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		backup, berr := readBackup(cfg.RunDir)
 		if berr == nil && isTakeoverOf(snap.disk, backup) {
 			orig = backup
-		} else if why := lostTakeover(ctx, sys, snap.disk); why != "" {
+		} else if lostTakeover(ctx, sys, snap.disk) != "" {
 			// Merging again would keep the takeover of a state we can no
 			// longer restore; going on as if ostree had staged without a
-			// merge would leave a stale merge in the new etc.
-			err := fmt.Errorf("%s; the runtime store is unreadable (%v) and the backup copy does not hold it either", why, snap.storeErr)
-			if lerr := lockFinalization(&cfg); lerr != nil {
-				return nil, fmt.Errorf("%w; locking finalization failed: %v", err, lerr)
-			}
-			cfg.Log.Error("finalization locked: ostree's staged state is lost", slog.String(msgid.Key, msgid.Fallback), "reason", err.Error())
-			return nil, fmt.Errorf("%w; finalization locked: stage the update again to recover", err)
+			// merge would leave a stale merge in the new etc. fallback
+			// finds the state lost and locks finalization.
+			r := fallback(ctx, &cfg, sys, fmt.Sprintf("runtime store unreadable (%v) and no backup copy of ostree's staged state for this deployment", snap.storeErr))
+			return nil, fmt.Errorf("/etc merge: %s; stage the update again to recover", r.Reason)
 		}
 		// We cannot tell whether a killed earlier run left the staged etc
 		// half-written: reconcile it whole (MergePaths over everything)
@@ -439,8 +436,6 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 			return fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
 		}
 		r.Policy = pol
-	}
-	if why == "" {
 		kargs := orig.Kargs
 		if !orig.HasKargs {
 			// ostree would copy the merge deployment's options; its ostree=
@@ -553,18 +548,20 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 		snapOrig, _ = readBackup(cfg.RunDir)
 	}
 	var errs []string
-	lost := ""
 	if snapOrig != nil {
 		if err := restoreStaged(cfg, snapOrig); err != nil {
 			errs = append(errs, err.Error())
 		}
-	} else if lost = lostTakeover(ctx, sys, sys.StagedState.Raw); lost != "" {
-		// A reset would leave a pristine etc that ostree, seeing no merge
-		// deployment, would not merge into: the booted /etc's changes
-		// would be lost. Lock instead (below), the etc untouched.
-		errs = append(errs, lost+" (no copy of ostree's staged state)")
 	}
-	if lost == "" {
+	// If the staged state on disk still has no merge deployment (our
+	// rewrite, and no copy of ostree's that restores it), a reset would
+	// leave a pristine etc that ostree would not merge into: the booted
+	// /etc's changes would be lost. Lock instead (below), etc untouched.
+	disk, _ := os.ReadFile(stagedPath(cfg.RunDir))
+	lost := lostTakeover(ctx, sys, disk)
+	if lost != "" {
+		errs = append(errs, lost)
+	} else {
 		p := pathsOf(sys)
 		// The reset writes the staged etc: marked, so that a kill in the
 		// middle of it makes the next step reset again (the mark is kept

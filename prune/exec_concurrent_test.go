@@ -33,24 +33,13 @@ func (c *concDeleter) Sync() error      { return c.d.Sync() }
 func (c *concDeleter) Concurrent() bool { return true }
 
 func TestExecuteConcurrentInvariantAndCancel(t *testing.T) {
-	seed := rand.Uint64()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(seed, 9))
 	big := 0
 	defer func() {
 		if big == 0 {
 			t.Errorf("no plan large enough to run unlinks concurrently")
 		}
 	}()
-	for i := 0; i < 60; i++ {
-		g, roots := randomRepo(r)
-		p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p.Len() < 2 {
-			continue
-		}
+	randomPlans(t, 9, 60, 2, func(i int, r *rand.Rand, g *graph, roots []ostree.ObjectName, p *Plan) {
 		if p.Stats.File.Objects >= 2*deleteWorkers {
 			big++
 		}
@@ -85,24 +74,16 @@ func TestExecuteConcurrentInvariantAndCancel(t *testing.T) {
 		if len(p.Remaining()) != 0 {
 			t.Fatalf("repo %d: %d left after resume", i, len(p.Remaining()))
 		}
-	}
+	})
 }
 
 func TestExecuteConcurrentFault(t *testing.T) {
-	seed := rand.Uint64()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(seed, 10))
-	for i := 0; i < 40; i++ {
-		g, roots := randomRepo(r)
-		p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-		if err != nil || p.Len() < 2 {
-			continue
-		}
+	randomPlans(t, 10, 40, 2, func(i int, r *rand.Rand, g *graph, roots []ostree.ObjectName, p *Plan) {
 		es := p.Entries()
 		victim := es[r.IntN(len(es))].Name()
 		d := &concDeleter{d: newDiskDeleter(t, g)}
 		d.d.failOn, d.d.failErr = victim, errInjected
-		_, err = p.Execute(context.Background(), d, &live{g: g, roots: roots}, nil)
+		_, err := p.Execute(context.Background(), d, &live{g: g, roots: roots}, nil)
 		if !errors.Is(err, errInjected) {
 			t.Fatalf("repo %d: err %v", i, err)
 		}
@@ -111,5 +92,5 @@ func TestExecuteConcurrentFault(t *testing.T) {
 				t.Fatalf("repo %d: failed object marked %d", i, e.state)
 			}
 		}
-	}
+	})
 }

@@ -195,15 +195,7 @@ func sortStrings(s []string) {
 // Random repositories: execution never breaks invariant 2 and ends with
 // exactly the reachable objects (plus kept types) on disk.
 func TestExecuteRandomInvariant(t *testing.T) {
-	seed := rand.Uint64()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(seed, 5))
-	for i := 0; i < 60; i++ {
-		g, roots := randomRepo(r)
-		p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-		if err != nil {
-			t.Fatal(err)
-		}
+	randomPlans(t, 5, 60, 0, func(i int, _ *rand.Rand, g *graph, roots []ostree.ObjectName, p *Plan) {
 		d := newDiskDeleter(t, g)
 		if _, err := p.Execute(context.Background(), d, &live{g: g, roots: roots}, nil); err != nil {
 			t.Fatalf("repo %d: %v", i, err)
@@ -219,22 +211,11 @@ func TestExecuteRandomInvariant(t *testing.T) {
 				t.Fatalf("repo %d: %s on disk = %v, reachable = %v", i, g.label(o), on, reach[o])
 			}
 		}
-	}
+	})
 }
 
 func TestExecuteCancelAndResume(t *testing.T) {
-	seed := rand.Uint64()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(seed, 6))
-	for i := 0; i < 40; i++ {
-		g, roots := randomRepo(r)
-		p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p.Len() < 2 {
-			continue
-		}
+	randomPlans(t, 6, 40, 2, func(i int, r *rand.Rand, g *graph, roots []ostree.ObjectName, p *Plan) {
 		want := map[ostree.ObjectName]bool{}
 		for _, e := range p.Entries() {
 			want[e.Name()] = true
@@ -272,10 +253,10 @@ func TestExecuteCancelAndResume(t *testing.T) {
 
 		// A plan rebuilt from persisted Remaining() entries resumes too, and
 		// objects already gone are not errors.
-		g2, roots2 := randomRepo(rand.New(rand.NewPCG(seed, uint64(100+i))))
+		g2, roots2 := randomRepo(rand.New(rand.NewPCG(r.Uint64(), uint64(100+i))))
 		p2, err := ComputePlan(context.Background(), g2, roots2, "file", g2.children)
 		if err != nil || p2.Len() < 2 {
-			continue
+			return
 		}
 		d2 := newDiskDeleter(t, g2)
 		ctx2, cancel2 := context.WithCancel(context.Background())
@@ -294,7 +275,7 @@ func TestExecuteCancelAndResume(t *testing.T) {
 		if _, err := again.Execute(context.Background(), d2, &live{g: g2, roots: roots2}, nil); err != nil {
 			t.Fatalf("re-run of a reloaded plan: %v", err)
 		}
-	}
+	})
 }
 
 func TestExecuteNewRoots(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"testing"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
@@ -214,4 +215,25 @@ func randomRepo(r *rand.Rand) (*graph, []ostree.ObjectName) {
 		}
 	}
 	return g, roots
+}
+
+// randomPlans runs fn on the plans of n random repositories (from a logged
+// seed; stream tells the tests' sequences apart), skipping plans of fewer
+// than minLen entries.
+func randomPlans(t *testing.T, stream uint64, n, minLen int, fn func(i int, r *rand.Rand, g *graph, roots []ostree.ObjectName, p *Plan)) {
+	t.Helper()
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, stream))
+	for i := 0; i < n; i++ {
+		g, roots := randomRepo(r)
+		p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
+		if err != nil {
+			t.Fatalf("repo %d: %v", i, err)
+		}
+		if p.Len() < minLen {
+			continue
+		}
+		fn(i, r, g, roots, p)
+	}
 }

@@ -45,7 +45,11 @@ tmp="$dir.tmp"
 rm -rf "$tmp"
 mkdir -p "$(dirname "$dir")"
 echo "build.sh: debootstrap $suite from $mirror into $dir (once)" >&2
-if ! debootstrap --variant=minbase --include="$pkgs" "$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1; then
+# A suite newer than this debootstrap (forky on bookworm's) uses sid's
+# script, which every newer suite's script is a link to.
+script=
+[ -e "/usr/share/debootstrap/scripts/$suite" ] || script=/usr/share/debootstrap/scripts/sid
+if ! debootstrap --variant=minbase --include="$pkgs" "$suite" "$tmp" "$mirror" $script >"$tmp.log" 2>&1; then
 	tail -20 "$tmp.log" >&2
 	exit 1
 fi

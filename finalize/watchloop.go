@@ -28,6 +28,9 @@ type WatchOptions struct {
 	// RescanEvery is the period of full rescans when the kernel's inotify
 	// budget is exhausted (watch.ModeRescan; default 30s).
 	RescanEvery time.Duration
+	// MaxWatches, if positive, caps the inotify watches as if the kernel
+	// had (tests of the rescan mode; 0 = the kernel's limit).
+	MaxWatches int
 
 	// mode records the watcher's mode for `status` (set by Watch).
 	mode func(mode, reason string)
@@ -136,6 +139,7 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 	w, err := watch.New(p.modified, watch.Options{
 		Debounce:    o.Debounce,
 		RescanEvery: o.RescanEvery,
+		MaxWatches:  o.MaxWatches,
 		Mode:        o.mode,
 		Queued: func(paths []string) {
 			if err := MarkPending(*cfg, paths); err != nil {

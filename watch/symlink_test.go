@@ -146,11 +146,11 @@ func TestBudgetDegradesToRescan(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var modes []string
-	w, err := newWatcher(root, Options{Debounce: 10 * time.Millisecond, RescanEvery: 20 * time.Millisecond, Mode: func(m, r string) {
+	w, err := New(root, Options{MaxWatches: 5, Debounce: 10 * time.Millisecond, RescanEvery: 20 * time.Millisecond, Mode: func(m, r string) {
 		mu.Lock()
 		modes = append(modes, m+": "+r)
 		mu.Unlock()
-	}}, 5)
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}

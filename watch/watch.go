@@ -73,6 +73,10 @@ type Options struct {
 	// RetryMin and RetryMax bound the exponential backoff after a batch
 	// the handler failed with Retry (defaults 1s and 5m).
 	RetryMin, RetryMax time.Duration
+	// MaxWatches, if positive, makes the watcher act as if the kernel
+	// gave at most this many watches (ENOSPC past it): tests of ModeRescan
+	// that must not lower the machine-wide fs.inotify.max_user_watches.
+	MaxWatches int
 	// Mode, if set, is told the watcher's mode and why, at the start of
 	// Run and whenever it changes (on Run's goroutine).
 	Mode func(mode, reason string)
@@ -133,8 +137,6 @@ type Watcher struct {
 
 	// faults lets tests inject what inotify would report (overflow).
 	faults chan error
-	// budget, if set, replaces the kernel's watch limit (tests).
-	budget int
 }
 
 // errOverflow is what an IN_Q_OVERFLOW reports.
@@ -144,10 +146,6 @@ var errOverflow = errors.New("inotify queue overflow")
 // are not followed). Call it before the baseline scan. When the kernel's
 // inotify budget is exhausted it still succeeds, in ModeRescan.
 func New(root string, opts Options) (*Watcher, error) {
-	return newWatcher(root, opts, 0)
-}
-
-func newWatcher(root string, opts Options, budget int) (*Watcher, error) {
 	opts.defaults()
 	root = strings.TrimRight(root, "/")
 	if root == "" {
@@ -157,7 +155,7 @@ func newWatcher(root string, opts Options, budget int) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", root, err)
 	}
-	w := &Watcher{root: root, rootFD: fd, opts: opts, faults: make(chan error, 1), budget: budget}
+	w := &Watcher{root: root, rootFD: fd, opts: opts, faults: make(chan error, 1)}
 	if err := w.rebuild(); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -229,7 +227,7 @@ func (w *Watcher) rebuild() error {
 // it, so entries created meanwhile are either listed or evented.
 func (w *Watcher) addTree(rel string, fd int) error {
 	defer unix.Close(fd)
-	if w.budget > 0 && len(w.dirs) >= w.budget {
+	if w.opts.MaxWatches > 0 && len(w.dirs) >= w.opts.MaxWatches {
 		return fmt.Errorf("inotify_add_watch: %w (%w)", unix.ENOSPC, errBudget)
 	}
 	wd, err := w.in.add(fd)

@@ -14,6 +14,7 @@ import (
 
 func newWatchCmd(g *globalOpts) *cobra.Command {
 	var debounce, rescanEvery time.Duration
+	var maxWatches int
 	c := &cobra.Command{
 		Use:   "watch",
 		Short: "Keep the staged /etc merge current by watching /etc (systemd Type=notify)",
@@ -33,6 +34,7 @@ READY=1 once watching; on SIGTERM it applies what is pending and exits 0.`,
 				Notify:      func(state string) { daemon.SdNotify(false, state) },
 				Debounce:    debounce,
 				RescanEvery: rescanEvery,
+				MaxWatches:  maxWatches,
 			})
 		},
 	}
@@ -43,6 +45,10 @@ READY=1 once watching; on SIGTERM it applies what is pending and exits 0.`,
 	// When the kernel gives no more inotify watches
 	// (fs.inotify.max_user_watches), the watcher rescans the whole /etc
 	// this often instead (0 = the default, 30s); status shows the mode.
+	// Hidden: act as if the kernel gave at most N inotify watches (tests
+	// of the rescan mode that must not lower the machine-wide limit).
+	c.Flags().IntVar(&maxWatches, "max-watches", 0, "cap on inotify watches (0 = the kernel's limit)")
+	c.Flags().MarkHidden("max-watches")
 	c.Flags().DurationVar(&rescanEvery, "rescan-every", 0, "period of full rescans when inotify watches run out")
 	return c
 }

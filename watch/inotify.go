@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -74,11 +75,29 @@ func newInotify() (*inotify, error) {
 	return in, nil
 }
 
+// readEvery bounds how often the inotify fd is read. Under a flood every
+// read would otherwise return a handful of events and cost a wakeup of
+// this goroutine and of Run's; pausing lets the kernel queue them
+// (fs.inotify.max_queued_events, 16384 by default, is far more than a
+// pause's worth; an overflow costs only a rescan) and one read then takes
+// hundreds. A lone change waits at most this long more, against a
+// debounce of 250ms.
+const readEvery = 20 * time.Millisecond
+
 // read turns what the kernel reports into events until Close.
 func (in *inotify) read() {
 	buf := make([]byte, 64<<10)
+	var last time.Time
 	for {
+		if d := time.Since(last); d < readEvery {
+			select {
+			case <-time.After(readEvery - d):
+			case <-in.done:
+				return
+			}
+		}
 		n, err := in.file.Read(buf)
+		last = time.Now()
 		if err != nil {
 			select {
 			case in.errs <- err:

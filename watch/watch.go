@@ -644,6 +644,9 @@ type queuer struct {
 	done   chan struct{}
 }
 
+// queuedEvery bounds how often Options.Queued is called.
+const queuedEvery = 100 * time.Millisecond
+
 func startQueuer(fn func([]string)) *queuer {
 	q := &queuer{fn: fn, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if fn == nil {
@@ -652,7 +655,15 @@ func startQueuer(fn func([]string)) *queuer {
 	}
 	go func() {
 		defer close(q.done)
+		var last time.Time
 		for range q.kick {
+			// At most one call per queuedEvery: under a flood each call
+			// (a store transaction with an fsync) takes the paths of
+			// the whole interval.
+			if d := time.Since(last); d < queuedEvery {
+				time.Sleep(queuedEvery - d)
+			}
+			last = time.Now()
 			q.callMu.Lock()
 			q.mu.Lock()
 			b := q.buf

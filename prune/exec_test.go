@@ -406,6 +406,16 @@ func TestExecuteRejectsBadPlan(t *testing.T) {
 		"zero checksum": func(p *Plan) { p.entries[len(p.entries)-1].Checksum = ostree.Checksum{} },
 		"roots hash":    func(p *Plan) { p.RootsHash = strings.Repeat("0", 64) },
 		"suffix":        func(p *Plan) { p.FileSuffix = "file/../x" },
+		// Roots hash right, yet a live root (here the plan's own) or its
+		// detached metadata planned.
+		"live root commit": func(p *Plan) {
+			p.entries = append(p.entries, Entry{Checksum: c["c2"].Checksum, Type: ostree.ObjCommit, Size: 1})
+			p.sortEntries()
+		},
+		"live root commitmeta": func(p *Plan) {
+			p.entries = append(p.entries, Entry{Checksum: c["c2"].Checksum, Type: ostree.ObjCommitMeta, Size: 1})
+			p.sortEntries()
+		},
 	} {
 		bad := &Plan{Roots: p.Roots, RootsHash: p.RootsHash, FileSuffix: p.FileSuffix, entries: p.Entries()}
 		mutate(bad)

@@ -378,14 +378,18 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		}
 		res.Reason = why
 		cfg.Log.Warn("finalize --post: plan not persisted", "reason", why)
-		store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		if uerr := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			st, err := tx.State()
 			if err != nil {
 				return err
 			}
 			st.PruneState, st.PruneReason = store.PruneInvalid, why
 			return tx.PutState(st)
-		})
+		}); uerr != nil {
+			// Nothing was persisted either way; only status keeps the
+			// older reason. The returned error says why.
+			cfg.Log.Warn("recording why no plan was persisted", "err", uerr)
+		}
 		return res, err
 	}
 	if snap.storeErr != nil {
@@ -399,10 +403,12 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		return fail("a deployment is still staged: ostree did not finalize", nil)
 	}
 	var predicted []byte
-	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	if err := store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		predicted = tx.Blob(blobPredicted)
 		return nil
-	})
+	}); err != nil {
+		return fail("runtime store unreadable", err)
+	}
 	var now []string
 	for _, d := range snap.sys.Deployments {
 		now = append(now, d.OSName+" "+d.DeployName())
@@ -450,7 +456,9 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 
 // markCleaned records that the runtime plan has been handed on.
 func markCleaned(cfg *Config) {
-	store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	// The plan is persisted already; failing here only leaves status
+	// saying "planned" until the runtime store goes with the reboot.
+	if err := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		st, err := tx.State()
 		if err != nil {
 			return err
@@ -460,7 +468,9 @@ func markCleaned(cfg *Config) {
 			return err
 		}
 		return tx.PutState(st)
-	})
+	}); err != nil {
+		cfg.Log.Warn("recording that the plan was handed to cleanup", "err", err)
+	}
 }
 
 // executePlan deletes the plan's objects under the exclusive repository

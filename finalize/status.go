@@ -107,7 +107,9 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Prune.State = st.PruneState
 		}
 		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
-		store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		// The history is an extra: status must answer without it (a
+		// store unreadable is reported in the reasons above).
+		_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			s.History, _ = tx.History()
 			return nil
 		})

@@ -206,7 +206,9 @@ func waitStagedChange(ctx context.Context, cfg *Config, every time.Duration, kno
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var takeover []byte
-	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	// An unreadable store leaves takeover nil: our own rewrite then counts
+	// as a change, which costs a rebuild, never a missed re-stage.
+	_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		takeover = tx.Blob(blobTakeover)
 		return nil
 	})

@@ -16,7 +16,7 @@ UNITS   := ostree-prefinalize.path ostree-prefinalize-stage.service ostree-prefi
 	ostree-prefinalize-metrics.service ostree-prefinalize-metrics.timer
 DROPIN  := ostree-finalize-staged.service.d/ostree-prefinalize.conf
 
-.PHONY: all deps build test demo bench fuzz fuzz-long stress install clean vet man completions systemd-verify
+.PHONY: all deps build test lint demo bench fuzz fuzz-long stress install clean vet man completions systemd-verify
 
 all: build
 
@@ -35,8 +35,15 @@ build:
 vet:
 	$(GO) vet ./...
 
-test: deps build
+test: deps build lint
 	OSTREE_PREFINALIZE_E2E=$(E2E) $(GO) test -count=1 -timeout 40m ./...
+
+# Static checks, part of `make test` (so CI fails on them): go.mod and
+# go.sum tidy, and staticcheck at a pinned version.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint:
+	$(GO) mod tidy -diff
+	$(GO) run $(STATICCHECK) ./...
 
 demo: deps build
 	./test/demo.sh

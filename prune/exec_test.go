@@ -377,7 +377,7 @@ found:
 	}
 
 	// A failing Sync stops before the next phase.
-	g, c = depth0Repo()
+	g, _ = depth0Repo()
 	p, _ = ComputePlan(context.Background(), g, roots, "file", g.children)
 	sd := &syncFail{diskDeleter: newDiskDeleter(t, g)}
 	if _, err := p.Execute(context.Background(), sd, &live{g: g, roots: roots}, nil); !errors.Is(err, errInjected) {

@@ -100,3 +100,85 @@ func TestRetryBacksOff(t *testing.T) {
 		t.Fatalf("first batch after the failures %+v, want a Rescan", after)
 	}
 }
+
+// While batches are held back after a failure, the pending set stays
+// within MaxPending: past it the paths are dropped and the next batch is
+// a Rescan that brings the mirror level.
+func TestPendingCapWhileBackingOff(t *testing.T) {
+	root := t.TempDir()
+	for i := range 7 {
+		// Directories watched from the start: every file is an event.
+		if err := os.Mkdir(filepath.Join(root, fmt.Sprintf("d%d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const maxPending = 10
+	w, err := New(root, Options{Debounce: 2 * time.Millisecond, MaxDelay: 5 * time.Millisecond, MaxPending: maxPending,
+		RetryMin: 2 * time.Second, RetryMax: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	m := newMirror(root)
+	var fail atomic.Int32
+	fail.Store(1)
+	var mu sync.Mutex
+	var log []Batch
+	handle := func(ctx context.Context, b Batch) error {
+		mu.Lock()
+		log = append(log, b)
+		mu.Unlock()
+		if fail.Load() > 0 && b.Reason != "start" {
+			return Retry(errors.New("failing"))
+		}
+		return m.handle(ctx, b)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, handle) }()
+	defer func() { cancel(); <-done }()
+	failed := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, b := range log {
+			if b.Reason != "start" {
+				n++
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		mu.Lock()
+		started := len(log) > 0
+		mu.Unlock()
+		if started {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no start batch")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	// One failed batch, then many paths while the watcher backs off.
+	write(t, filepath.Join(root, "first"), "x")
+	for deadline := time.Now().Add(20 * time.Second); failed() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no failed batch")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	for i := range 100 {
+		write(t, filepath.Join(root, fmt.Sprintf("d%d", i%7), fmt.Sprintf("f%d", i)), "x")
+	}
+	fail.Store(0)
+	converge(t, m)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, b := range log {
+		t.Logf("batch: rescan %v (%s), %d paths", b.Rescan, b.Reason, len(b.Paths))
+		if len(b.Paths) > maxPending {
+			t.Fatalf("a batch carries %d paths, cap %d (reason %q)", len(b.Paths), maxPending, b.Reason)
+		}
+	}
+}

@@ -14,6 +14,17 @@
 // Paths are relative to the root, cleaned, without a leading slash. A path
 // in a batch may no longer exist (removed), or be a directory that appeared
 // with content (the handler treats a directory path as its whole subtree).
+//
+// # Safety and bounds
+//
+// The tree may be written by unprivileged users while a root process
+// watches it: no directory is ever opened, listed or watched through a
+// symlink (see inotify.go). When the kernel gives no more watches the
+// watcher degrades to periodic Rescan batches (ModeRescan) instead of
+// failing. Work under a flood is bounded: DirLimit paths per directory per
+// batch, MaxPending paths in all, one rebuild of the watch set per batch,
+// and a handler that fails with Retry is called again only after an
+// exponential backoff.
 package watch
 
 import (

@@ -151,7 +151,11 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 		return nil, err
 	}
 	defer w.Close()
-	status(fmt.Sprintf("watching %s for %s (%d directories)", p.modified, snap.sys.Staged, w.Dirs()))
+	if mode, why := w.Mode(); mode == watch.ModeRescan {
+		status(fmt.Sprintf("watching %s for %s by periodic rescans: %s", p.modified, snap.sys.Staged, why))
+	} else {
+		status(fmt.Sprintf("watching %s for %s (%d directories)", p.modified, snap.sys.Staged, w.Dirs()))
+	}
 
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()

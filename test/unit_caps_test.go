@@ -93,3 +93,34 @@ func TestUnitCapabilitiesSuffice(t *testing.T) {
 	w.sealAndCompare(want) // seals again (nothing left to do), then ostree finalizes
 
 }
+
+// TestMetricsOnReadOnlyFS: status and the metrics file as the metrics unit
+// runs them: every mount read-only (ReadOnlyPaths=/) but the textfile
+// directory, no capabilities at all, no new privileges; with a staged and
+// precomputed update to report. (On the host side, in a private mount
+// namespace of its own, with the test machine's paths.)
+func TestMetricsOnReadOnlyFS(t *testing.T) {
+	harness.RequireRoot(t)
+	w := newWatchEnv(t, watchOptions{seed: 19})
+	bin := w.opts.Binds[0].Src
+	textfile := t.TempDir()
+	global := []string{bin, "--sysroot", w.b.Sysroot.Path, "--run-dir", w.b.RunDir}
+	run := func(args ...string) string {
+		return strings.Join(sandboxed(t, "ostree-prefinalize-metrics.service", append(global, args...)...), " ")
+	}
+	script := `set -e
+for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do mount -o remount,bind,ro "$m" 2>/dev/null || true; done
+mount -t tmpfs tmpfs ` + textfile + `
+if touch ` + filepath.Join(w.b.RunDir, "x") + ` 2>/dev/null; then echo "the run directory is still writable" >&2; exit 1; fi
+` + run("status", "--json") + `
+` + run("status", "--textfile-dir", textfile, "--quiet") + `
+grep -h "^ostree_prefinalize_status_success" ` + textfile + `/*
+`
+	out, err := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status on a read-only file system: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `"state": "precomputed"`) || !strings.Contains(string(out), "ostree_prefinalize_status_success 1") {
+		t.Fatalf("status on a read-only file system:\n%s", out)
+	}
+}

@@ -107,7 +107,9 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 			// loss): a temporary file of an unfinished write may be left
 			// in a directory that no path of ours names. Reconciling the
 			// whole etc removes it (and redoes anything half done).
-			cfg.Log.Info("an earlier apply was interrupted; reconciling the whole staged etc")
+			// MarkPending sets the same mark when it drops an overflowing
+			// pending set.
+			cfg.Log.Info("an earlier apply was interrupted (or too many paths were pending); reconciling the whole staged etc")
 			all = append(all, "")
 		}
 		n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)

@@ -46,15 +46,27 @@ func (t *tree) Close() error { return t.root.Close() }
 // name is rel's path for messages only: it is never opened.
 func (t *tree) name(rel string) string { return filepath.Join(t.root.Name(), rel) }
 
+// openat2 is unix.Openat2; tests replace it to run the ENOSYS walk.
+var openat2 = unix.Openat2
+
 var beneathNoLinks = uint64(unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS)
 
 // openAt opens rel below the root with flags, following no symlink on the
 // way (a symlink as the last component is opened itself when flags hold
 // O_PATH|O_NOFOLLOW). On ENOSYS (no openat2) it walks with O_NOFOLLOW at
 // every component.
+//
+// A symlink on the way is ELOOP (or EXDEV), a non-directory parent
+// ENOTDIR: RESOLVE_NO_SYMLINKS covers the last component too, so O_NOFOLLOW
+// is passed only with O_PATH (with O_DIRECTORY it would turn a symlink's
+// ELOOP into ENOTDIR, hiding it among the non-directories).
 func (t *tree) openAt(rel string, flags int) (int, error) {
-	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Resolve: beneathNoLinks}
-	fd, err := unix.Openat2(int(t.root.Fd()), rel, &how)
+	f := flags | unix.O_CLOEXEC
+	if flags&unix.O_PATH != 0 {
+		f |= unix.O_NOFOLLOW
+	}
+	how := unix.OpenHow{Flags: uint64(f), Resolve: beneathNoLinks}
+	fd, err := openat2(int(t.root.Fd()), rel, &how)
 	if err != unix.ENOSYS {
 		return fd, err
 	}
@@ -69,6 +81,12 @@ func (t *tree) openAt(rel string, flags int) (int, error) {
 			f = flags
 		}
 		fd, err := unix.Openat(cur, c, f|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err == unix.ENOTDIR {
+			var st unix.Stat_t
+			if unix.Fstatat(cur, c, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && isLnk(&st) {
+				err = unix.ELOOP
+			}
+		}
 		unix.Close(cur)
 		if err != nil {
 			return -1, err

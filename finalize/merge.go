@@ -263,6 +263,9 @@ func (m *porter) copyDirRecurse(parent *os.File, name, p string) error {
 // from the new defaults, whose usr/etc copy has the repository's mtime
 // (0) while ostree's checkout of etc has the time of the checkout.
 func copyEntry(fs FS, src *tree, p string, st *unix.Stat_t, dir *os.File, name string, keepTimes bool) error {
+	if err := src.checkLen(p); err != nil {
+		return err
+	}
 	pd, srcName, err := src.parent(p)
 	if err != nil {
 		return err

@@ -46,6 +46,21 @@ func (t *tree) Close() error { return t.root.Close() }
 // name is rel's path for messages only: it is never opened.
 func (t *tree) name(rel string) string { return filepath.Join(t.root.Name(), rel) }
 
+// checkLen fails with ENAMETOOLONG where rel's whole path would not fit in
+// PATH_MAX, as ostree's merge does: it reads both etcs through GFile
+// paths (g_file_query_info of the full path), so an /etc path longer than
+// that makes its diff, and its finalization, fail; ours must fail too
+// (and fall back) rather than take over a merge that ostree cannot make.
+// The reads here go by fd and would not fail by themselves. (ostree's
+// prefix is /proc/self/fd/N/etc, ours the deployment's real path: the
+// limit is the one the path-based reads of earlier versions had.)
+func (t *tree) checkLen(rel string) error {
+	if len(t.root.Name())+1+len(rel) >= unix.PathMax {
+		return &os.PathError{Op: "lstat", Path: t.name(rel), Err: unix.ENAMETOOLONG}
+	}
+	return nil
+}
+
 // openat2 is unix.Openat2; tests replace it to run the ENOSYS walk.
 var openat2 = unix.Openat2
 
@@ -155,6 +170,9 @@ func (t *tree) stat(rel string) (st unix.Stat_t, ok bool, err error) {
 		err = unix.Fstat(int(t.root.Fd()), &st)
 		return st, err == nil, err
 	}
+	if err := t.checkLen(rel); err != nil {
+		return st, false, err
+	}
 	d, name, err := t.parent(rel)
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 		return st, false, nil
@@ -176,6 +194,9 @@ func (t *tree) stat(rel string) (st unix.Stat_t, ok bool, err error) {
 // readNames lists rel sorted bytewise. A missing directory is an error:
 // callers only descend into directories they just saw.
 func (t *tree) readNames(rel string) ([]string, error) {
+	if err := t.checkLen(rel); err != nil {
+		return nil, err
+	}
 	d, err := t.openDir(rel)
 	if err != nil {
 		return nil, err
@@ -204,6 +225,9 @@ func (t *tree) open(rel string) (e *entry, ok bool, err error) {
 		fd, err = unix.Openat(int(t.root.Fd()), ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	} else {
 		if err := checkRel(rel); err != nil {
+			return nil, false, err
+		}
+		if err := t.checkLen(rel); err != nil {
 			return nil, false, err
 		}
 		fd, err = t.openAt(rel, unix.O_PATH)

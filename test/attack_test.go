@@ -213,7 +213,7 @@ func (p *attackerProc) wait(t *testing.T) {
 		t.Fatalf("attacker output: %v\n%s", err, p.stdout.String())
 	}
 	t.Logf("attacker (uid %d): %d swaps, %d plants, %d links, %d renames, errors %v", c.UID, c.Swaps, c.Plants, c.Links, c.Renames, c.Errors)
-	if c.UID != attackUID || c.Swaps < 1000 || c.Plants < 20 || c.Links < 10 || c.Renames < 10 || len(c.Errors) > 0 {
+	if c.UID != attackUID || c.Swaps < 1000 || c.Plants < 100 || c.Links < 50 || c.Renames < 50 || len(c.Errors) > 0 {
 		t.Fatalf("the attacker did not attack as planned: %+v", c)
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"time"
 
@@ -69,10 +70,17 @@ func main() {
 		return true
 	}
 	end := time.Now().Add(*dur)
-	for time.Now().Before(end) {
-		for i := 0; i < 50; i++ {
+	for round := 0; time.Now().Before(end); round++ {
+		// Odd rounds flip as fast as the kernel allows, even rounds hold
+		// each state for up to a millisecond: a reader needing several
+		// steps in one state (list d, stat d/secret, open it) wins only
+		// in the held states.
+		for i := 0; i < 20; i++ {
 			if xchg("swap", svc, "d", svc, "dl") {
 				c.Swaps++
+			}
+			if round%2 == 0 {
+				time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
 			}
 		}
 		if xchg("plant-link", svc, "x", stash, "suidlink") {
@@ -81,10 +89,8 @@ func main() {
 		if xchg("plant-alone", svc, "y", stash, "suidalone") {
 			c.Plants++
 		}
-		for i := 0; i < 20; i++ {
-			if xchg("swap", svc, "d", svc, "dl") {
-				c.Swaps++
-			}
+		if round%2 == 0 {
+			time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
 		}
 		if err := unix.Linkat(svc, "own.conf", svc, "own.link", 0); err != nil {
 			c.Errors["link: "+err.Error()]++

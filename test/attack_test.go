@@ -14,7 +14,8 @@ package test
 //   - no file of the staged etc is setuid, setgid or has a
 //     security.capability unless ostree's own merge of the final /etc
 //     (real finalize-staged on a fork) has it at that path too;
-//   - the root-only directory is unchanged (nothing written outside);
+//   - the root-only directory is unchanged, and inotify saw nothing in it
+//     opened, read or written (nothing followed the symlink at all);
 //   - after the attacker stops (it undoes its exchanges, so /etc is back
 //     to its initial state), our seal then the real finalize-staged give
 //     exactly the /etc that ostree alone gives on the fork, whether we
@@ -37,6 +38,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -343,9 +345,43 @@ func (a *attackEnv) rootonlySum(t *testing.T) [32]byte {
 	return sha256.Sum256([]byte(strings.Join(lines, "\n")))
 }
 
+// watchRootonly reports every open, read, write or change of the root-only
+// directory and its files (inotify, on the inode: whatever path led
+// there). Only the symlink leads there during the attack, and the
+// attacker cannot open anything in it (0700 root): an event means that
+// our process followed the symlink, even if what it read or wrote was
+// undone before a sample of the staged etc could see it.
+func (a *attackEnv) watchRootonly() func() []string {
+	t := a.t
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	must(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	_, err = unix.InotifyAddWatch(fd, a.rootonly, unix.IN_OPEN|unix.IN_ACCESS|unix.IN_MODIFY|unix.IN_ATTRIB|
+		unix.IN_CREATE|unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE)
+	must(t, err)
+	return func() []string {
+		var evs []string
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err == unix.EAGAIN || n <= 0 {
+				return evs
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+				evs = append(evs, fmt.Sprintf("%q mask %#x", name, ev.Mask))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
+}
+
 // finish checks the state after the attack, seals, lets the real ostree
 // finalize and compares with ostree's merge of the same /etc on the fork.
-func (a *attackEnv) finish(before [32]byte) {
+// events is the root-only directory's watch (watchRootonly).
+func (a *attackEnv) finish(before [32]byte, events func() []string) {
 	t := a.t
 	t.Helper()
 	if bad := a.violation(a.want); bad != "" {
@@ -362,6 +398,9 @@ func (a *attackEnv) finish(before [32]byte) {
 	}
 	if bad := a.violation(a.want); bad != "" {
 		t.Fatal("after the seal: " + bad)
+	}
+	if evs := events(); len(evs) > 0 {
+		t.Fatalf("the root-only directory outside /etc was opened, read or written (%d events): %v", len(evs), evs[:min(len(evs), 10)])
 	}
 	res, err := a.b.FinalizeStaged(context.Background())
 	if err != nil {
@@ -383,6 +422,7 @@ func (a *attackEnv) finish(before [32]byte) {
 func TestAttackWatcher(t *testing.T) {
 	a := newAttackEnv(t, true)
 	before := a.rootonlySum(t)
+	events := a.watchRootonly()
 	p := a.startWatcher()
 	mark := len(stderrOf(p))
 	s := a.startSampler()
@@ -399,7 +439,7 @@ func TestAttackWatcher(t *testing.T) {
 	if _, stderr, err := p.Wait(); err != nil {
 		t.Fatalf("watcher after SIGTERM: %v\n%s", err, stderr)
 	}
-	a.finish(before)
+	a.finish(before, events)
 }
 
 func stderrOf(p *harness.Proc) string {
@@ -412,24 +452,26 @@ func stderrOf(p *harness.Proc) string {
 func TestAttackStage(t *testing.T) {
 	a := newAttackEnv(t, false)
 	before := a.rootonlySum(t)
+	events := a.watchRootonly()
 	s := a.startSampler()
 	at := a.startAttacker(attackDuration())
 	a.runWhile(at, "stage")
 	at.wait(t)
 	s.finish(t)
-	a.finish(before)
+	a.finish(before, events)
 }
 
 // (c) `finalize --pre` runs, again and again, while the attacker races it.
 func TestAttackPre(t *testing.T) {
 	a := newAttackEnv(t, true)
 	before := a.rootonlySum(t)
+	events := a.watchRootonly()
 	s := a.startSampler()
 	at := a.startAttacker(attackDuration())
 	a.runWhile(at, "finalize", "--pre")
 	at.wait(t)
 	s.finish(t)
-	a.finish(before)
+	a.finish(before, events)
 }
 
 // runWhile runs the command in the booted namespace over and over while

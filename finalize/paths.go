@@ -45,7 +45,7 @@ const (
 type want struct {
 	kind     wantKind
 	src      *tree // wCopy
-	attr     Attr   // wDir (ExactXattrs set)
+	attr     Attr  // wDir (ExactXattrs set)
 	children map[string]*want
 	// touched: p is in the copy set, so ensure_directory_from_template
 	// gives p's parent Mo's attributes (only the direct parent: an existing

@@ -12,11 +12,16 @@
 // merge. Baseline records the booted etc with stat calls only, so the seal
 // at shutdown finds what changed without reading content.
 //
-// Every write goes through an FS (function fields, for fault injection)
-// that only ever receives a directory opened beneath the target etc
-// without following symlinks plus a single name: the booted etc and
-// usr/etc are read, never written. Files are written whole (temporary
-// file, fsync, rename) and each operation ends with one syncfs.
+// Every tree (booted etc, both usr/etc, staged etc) is opened once per
+// operation and everything below it is reached through that fd with
+// openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS) (tree.go):
+// users who own directories of /etc cannot steer a read or a write outside
+// it, and what is copied (content, mode, owner, xattrs) comes from the one
+// inode that was opened. Every write goes through an FS (function fields,
+// for fault injection) that only ever receives a directory opened beneath
+// the target etc plus a single name: the booted etc and usr/etc are read,
+// never written. Files are written whole (temporary file, rename); only
+// the seal flushes, with one syncfs (SyncEtc).
 //
 // # The lifecycle
 //
@@ -29,7 +34,8 @@
 // # Caveats
 //
 // Where ostree would follow a symlink in the new etc (a symlinked parent
-// directory), we stop with ErrUnsafe instead, and ostree's fatal
+// directory), or a privileged file of the booted etc may have been
+// planted by a user (ErrPlanted), we stop with ErrUnsafe instead, and ostree's fatal
 // conditions (ErrNewDefaultDir, ErrNotCopyable) are found before the first
 // write, so a failed Merge leaves the target untouched where ostree would
 // leave it half-merged. Both only ever make us do less than ostree.

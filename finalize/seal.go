@@ -123,6 +123,13 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 			return n, fmt.Errorf("%w: %s", ErrNoMerge, r.Reason)
 		}
 	}
+	if newState == store.EtcSealed {
+		// The seal alone makes the staged etc durable (stage and the
+		// watcher's batches do not flush): see FS.Syncfs.
+		if err := SyncEtc(cfg.FS, p.newEtc); err != nil {
+			return n, err
+		}
+	}
 	nbBytes, err := nb.MarshalBinary()
 	if err != nil {
 		return n, err

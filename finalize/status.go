@@ -2,6 +2,7 @@ package finalize
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 )
 
@@ -45,6 +47,9 @@ type PruneStatus struct {
 	Bytes     int64  `json:"bytes"`
 	RootsHash string `json:"roots_hash"`
 	Reason    string `json:"reason,omitempty"`
+	// Images is the planned transition's images report (what undeployed
+	// container images hold; absent before stage computed one).
+	Images *prune.ImagesReport `json:"images,omitempty"`
 }
 
 type CleanupStatus struct {
@@ -102,6 +107,12 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
 		store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			s.History, _ = tx.History()
+			if b := tx.Blob(blobImages); len(b) > 0 {
+				var im prune.ImagesReport
+				if json.Unmarshal(b, &im) == nil {
+					s.Prune.Images = &im
+				}
+			}
 			return nil
 		})
 	}

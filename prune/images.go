@@ -86,6 +86,10 @@ type imageStoreView struct {
 	refs        []ostree.Ref // every ref of the repository
 	deployments []*ostree.Deployment
 	depCommits  []ostree.Checksum
+	// depRefGone, when set, names the deployment refs (ostree/B/S/I) that
+	// finalization's regeneration removes: planning sees the repository
+	// before finalization, ostree-ext's GC after it.
+	depRefGone func(name string) bool
 }
 
 // errNoImageGC carries why the GC decision stopped short; the caller keeps
@@ -162,7 +166,7 @@ func (v *imageStoreView) referencedLayers(survivors []ostree.Ref) (map[string]bo
 	}
 	commits := slices.Clone(v.depCommits)
 	for _, r := range v.refs {
-		if r.Kind != ostree.RefHead {
+		if r.Kind != ostree.RefHead || (v.depRefGone != nil && v.depRefGone(r.Name)) {
 			continue
 		}
 		for _, p := range []string{"ostree/0/", "ostree/1/", "rpmostree/base/", ostree.BaseImageRefPrefix} {
@@ -341,7 +345,8 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 	if s.Staged != nil {
 		users = append(users, s.Staged)
 	}
-	view := imageStoreView{repo: r, refs: refs, deployments: users}
+	survives := headRefSurvives(s, ds)
+	view := imageStoreView{repo: r, refs: refs, deployments: users, depRefGone: func(n string) bool { return !survives(n) }}
 	for _, d := range ds {
 		view.depCommits = append(view.depCommits, d.Checksum)
 	}

@@ -190,6 +190,25 @@ func PostFinalizeRoots(s *ostree.Sysroot, deployments []*ostree.Deployment) ([]o
 // postFinalizeRoots is PostFinalizeRoots over the listed refs, without the
 // head refs named in removed (those image GC removes).
 func postFinalizeRoots(s *ostree.Sysroot, deployments []*ostree.Deployment, refs []ostree.Ref, removed map[string]bool) ([]ostree.ObjectName, error) {
+	survives := headRefSurvives(s, deployments)
+	roots := DeploymentRoots(deployments)
+	for _, r := range refs {
+		if r.Checksum.IsZero() {
+			return nil, fmt.Errorf("post-finalization roots: ref %q: zero checksum: %w", r.Name, ostree.ErrCorrupt)
+		}
+		if r.Kind == ostree.RefHead && (!survives(r.Name) || removed[r.Name]) {
+			continue
+		}
+		roots = append(roots, ostree.ObjectName{Checksum: r.Checksum, Type: ostree.ObjCommit})
+	}
+	slices.SortFunc(roots, compareNames)
+	return slices.Compact(roots), nil
+}
+
+// headRefSurvives reports, for a head ref name, whether it outlives the
+// regeneration of the deployment refs when deployments is the list
+// written (see PostFinalizeRoots).
+func headRefSurvives(s *ostree.Sysroot, deployments []*ostree.Deployment) func(name string) bool {
 	n := len(deployments)
 	cur := [2]int{s.BootVersion, s.SubBootVersion}
 	var survivors [][2]int // prefixes whose non-overwritten refs survive
@@ -207,18 +226,7 @@ func postFinalizeRoots(s *ostree.Sysroot, deployments []*ostree.Deployment, refs
 	} else {
 		survivors = append(survivors, cur)
 	}
-	roots := DeploymentRoots(deployments)
-	for _, r := range refs {
-		if r.Checksum.IsZero() {
-			return nil, fmt.Errorf("post-finalization roots: ref %q: zero checksum: %w", r.Name, ostree.ErrCorrupt)
-		}
-		if r.Kind == ostree.RefHead && (!deploymentRefSurvives(r.Name, survivors, n) || removed[r.Name]) {
-			continue
-		}
-		roots = append(roots, ostree.ObjectName{Checksum: r.Checksum, Type: ostree.ObjCommit})
-	}
-	slices.SortFunc(roots, compareNames)
-	return slices.Compact(roots), nil
+	return func(name string) bool { return deploymentRefSurvives(name, survivors, n) }
 }
 
 // deploymentRefSurvives reports whether the head ref name outlives

@@ -1,6 +1,7 @@
 package prune
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -373,10 +374,6 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 	}
 	// Attribute the plan's objects that the removed refs reach, group by
 	// group in ref-name order.
-	index := make(map[ostree.ObjectName]int, len(p.entries))
-	for i, e := range p.entries {
-		index[e.Name()] = i
-	}
 	held := make([]bool, len(p.entries))
 	slices.SortFunc(groups, func(a, b imageGroup) int { return strings.Compare(a.usage.Ref, b.usage.Ref) })
 	for _, g := range groups {
@@ -390,7 +387,7 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 		}
 		u := g.usage
 		reach.Range(func(o ostree.ObjectName) bool {
-			if i, ok := index[o]; ok && !held[i] {
+			if i, ok := p.find(o); ok && !held[i] {
 				held[i] = true
 				u.Objects++
 				u.Bytes += p.entries[i].Size
@@ -427,6 +424,20 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 	p.recount()
 	p.Stats.Listed, p.Stats.Reachable = listed, reachable
 	return p, nil
+}
+
+// find returns the index of o among the entries (sorted by checksum, then
+// by printed type: the few entries of one checksum are scanned).
+func (p *Plan) find(o ostree.ObjectName) (int, bool) {
+	i, _ := slices.BinarySearchFunc(p.entries, o.Checksum, func(e Entry, c ostree.Checksum) int {
+		return bytes.Compare(e.Checksum[:], c[:])
+	})
+	for ; i < len(p.entries) && p.entries[i].Checksum == o.Checksum; i++ {
+		if p.entries[i].Type == o.Type {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 func compareImageRefs(a, b ImageRef) int { return strings.Compare(a.Name, b.Name) }

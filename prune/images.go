@@ -348,7 +348,7 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 	}
 	survives := headRefSurvives(s, ds)
 	view := imageStoreView{repo: r, refs: refs, deployments: users, depRefGone: func(n string) bool { return !survives(n) }}
-	for _, d := range ds {
+	for _, d := range users {
 		view.depCommits = append(view.depCommits, d.Checksum)
 	}
 	groups, gerr := view.decideImageGC()

@@ -48,6 +48,10 @@ type Options struct {
 	RunDir string
 	// NoTakeover (Stage) keeps ostree's own /etc merge at finalization.
 	NoTakeover bool
+	// ImageGC (Stage, Plan) includes the container image-store refs that
+	// no deployment uses after finalization, and what only they reach, in
+	// the plan (see the README, "Container-native hosts: image GC").
+	ImageGC bool
 	// Logger receives what happened and why; nil means slog.Default().
 	Logger *slog.Logger
 	// LockTimeout bounds waits for ostree's repository and sysroot locks;
@@ -59,7 +63,7 @@ type Options struct {
 
 func (o Options) config() finalize.Config {
 	return finalize.Config{
-		Sysroot: o.Sysroot, RunDir: o.RunDir, NoTakeover: o.NoTakeover,
+		Sysroot: o.Sysroot, RunDir: o.RunDir, NoTakeover: o.NoTakeover, ImageGC: o.ImageGC,
 		Log: o.Logger, LockTimeout: o.LockTimeout, Progress: o.Progress,
 	}
 }
@@ -142,7 +146,7 @@ func Plan(ctx context.Context, o Options) (*PlanResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{}, cfg.LockTimeout)
+	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{ImageGC: cfg.ImageGC}, cfg.LockTimeout)
 	if err != nil {
 		return nil, err
 	}

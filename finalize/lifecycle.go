@@ -8,6 +8,7 @@ package finalize
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,9 @@ type Config struct {
 	// LockTimeout bounds waits for ostree's repository and sysroot locks;
 	// 0 means 30s (libostree's own default lock-timeout-secs).
 	LockTimeout time.Duration
+	// ImageGC includes in the prune plan the container image-store refs
+	// that ostree-ext's GC would remove after finalization (prune.PredictOptions.ImageGC).
+	ImageGC bool
 	// Progress, if set, is told how far a long plan or deletion is.
 	Progress func(done, total int)
 	// BootedDevIno, for tests only, is taken as the device and inode of
@@ -87,6 +91,7 @@ var ErrNotBooted = errors.New("not booted into an ostree deployment")
 const (
 	blobTakeover  = "takeover-staged" // the staged-state bytes we wrote
 	blobPredicted = "predicted"       // deployment list predicted at staging
+	blobImages    = "images"          // the plan's images report (JSON), for status
 )
 
 // stagedPath is ostree's staged state under a run dir.
@@ -196,6 +201,9 @@ type PruneResult struct {
 	Bytes     int64    `json:"bytes"`
 	RootsHash string   `json:"roots_hash,omitempty"`
 	Survivors []string `json:"deployments,omitempty"` // predicted list, "OS CSUM.SERIAL"
+	// Images is what undeployed container images hold after finalization
+	// (and whether the plan includes it: image GC).
+	Images *prune.ImagesReport `json:"images,omitempty"`
 }
 
 // Stage precomputes for the staged deployment: the /etc merge into its etc
@@ -759,6 +767,13 @@ func stagePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostr
 		if err := tx.PutBlob(blobPredicted, predicted); err != nil {
 			return err
 		}
+		var images []byte
+		if r.Images != nil {
+			images, _ = json.Marshal(r.Images) // a struct of plain fields: cannot fail
+		}
+		if err := tx.PutBlob(blobImages, images); err != nil {
+			return err
+		}
 		return tx.PutState(st)
 	})
 	if uerr != nil {
@@ -772,7 +787,7 @@ func stagePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostr
 // original staged state: a takeover changes the file, not the outcome) and
 // plans the prune from their roots.
 func planFor(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree.StagedState) (*prune.Plan, []*ostree.Deployment, error) {
-	opts := prune.PredictOptions{}
+	opts := prune.PredictOptions{ImageGC: cfg.ImageGC}
 	if orig != nil && sys.Staged != nil {
 		opts.State = orig
 	}
@@ -783,6 +798,9 @@ func summarize(p *prune.Plan, deps []*ostree.Deployment) PruneResult {
 	r := PruneResult{State: store.PrunePlanned, Objects: int64(p.Stats.Objects), Bytes: int64(p.Stats.Bytes), RootsHash: p.RootsHash}
 	for _, d := range deps {
 		r.Survivors = append(r.Survivors, d.OSName+" "+d.DeployName())
+	}
+	if sum := p.Summary(); p.Images != nil {
+		r.Images = &sum.Images
 	}
 	return r
 }

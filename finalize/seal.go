@@ -488,7 +488,9 @@ func markCleaned(cfg *Config) {
 // deployments to the refs; a deployment staged since planning must keep
 // its objects whatever finalization will later decide).
 func executePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, plan *prune.Plan) (prune.Result, error) {
-	return prune.ExecuteRepo(ctx, sys.Repo, plan, prune.DeploymentRoots(sys.Deployments), cfg.LockTimeout, cfg.Progress)
+	// ExecuteSysroot first removes the image refs of a plan with image GC,
+	// each re-checked against these deployments.
+	return prune.ExecuteSysroot(ctx, sys, plan, cfg.LockTimeout, cfg.Progress)
 }
 
 // CleanupResult is what `cleanup --json` prints.
@@ -501,6 +503,10 @@ type CleanupResult struct {
 	Seconds    float64 `json:"seconds"`
 	RootsMoved bool    `json:"roots_changed"`
 	Reason     string  `json:"reason,omitempty"`
+	// RefsRemoved and RefsKept count the image-store refs of a plan with
+	// image GC (removed, or kept because they moved or came into use).
+	RefsRemoved int `json:"refs_removed,omitempty"`
+	RefsKept    int `json:"refs_kept,omitempty"`
 }
 
 // Cleanup deletes the persisted plan's objects (next boot) and removes the
@@ -536,6 +542,7 @@ func Cleanup(ctx context.Context, cfg Config) (*CleanupResult, error) {
 	err = withWritableSysroot(cfg.Sysroot, func() error {
 		r, err := executePlan(ctx, &cfg, sys, plan)
 		res.Objects, res.Bytes, res.KeptLive, res.Remaining, res.RootsMoved = r.Deleted, r.BytesFreed, r.KeptLive, r.Remaining, r.RootsChanged
+		res.RefsRemoved, res.RefsKept = r.RefsRemoved, r.RefsKept
 		res.Seconds = time.Since(start).Seconds()
 		if err != nil && r.Remaining == 0 && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			// Stopped, but the unlinks in flight (up to four) finished

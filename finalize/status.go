@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 )
 
@@ -47,6 +48,9 @@ type PruneStatus struct {
 	Bytes     int64  `json:"bytes"`
 	RootsHash string `json:"roots_hash"`
 	Reason    string `json:"reason,omitempty"`
+	// Images is the planned transition's images report (what undeployed
+	// container images hold; absent before stage computed one).
+	Images *prune.ImagesReport `json:"images,omitempty"`
 }
 
 type CleanupStatus struct {
@@ -111,6 +115,12 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		// store unreadable is reported in the reasons above).
 		_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			s.History, _ = tx.History()
+			if b := tx.Blob(blobImages); len(b) > 0 {
+				var im prune.ImagesReport
+				if json.Unmarshal(b, &im) == nil {
+					s.Prune.Images = &im
+				}
+			}
 			return nil
 		})
 	}

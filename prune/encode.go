@@ -9,8 +9,16 @@ import (
 )
 
 // planMagic opens every encoded plan; the trailing digit is the format
-// version. A plan in another format is refused, never guessed at.
-const planMagic = "OPFPLAN1"
+// version. A plan in another format is refused, never guessed at. Version
+// 2 adds the image-store refs of a plan with image GC; a plan without them
+// is still written (and read) as version 1, byte for byte as before.
+const (
+	planMagic   = "OPFPLAN1"
+	planMagicV2 = "OPFPLAN2"
+)
+
+// maxImageRefs bounds the refs a decoder accepts.
+const maxImageRefs = 1 << 20
 
 // entrySize is one encoded entry: checksum, type, size.
 const entrySize = 32 + 1 + 8
@@ -26,18 +34,38 @@ const maxPlanEntries = 1 << 28
 //	u64 nentries, nentries × (32-byte checksum, u8 type, u64 size)
 //
 // The roots hash is not stored: UnmarshalPlan recomputes it from the roots.
+// A plan with image refs starts "OPFPLAN2" and has, right after the roots,
+//
+//	u32 nrefs, nrefs × (u8 kind, 32-byte commit, u16 len, name, u16 len, digest)
+//
+// with only the refs still to handle.
 func (p *Plan) MarshalBinary() ([]byte, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	rem := p.Remaining()
 	b := make([]byte, 0, len(planMagic)+1+len(p.FileSuffix)+4+32*len(p.Roots)+8+entrySize*len(rem))
-	b = append(b, planMagic...)
+	if len(p.ImageRefs) == 0 {
+		b = append(b, planMagic...)
+	} else {
+		b = append(b, planMagicV2...)
+	}
 	b = append(b, byte(len(p.FileSuffix)))
 	b = append(b, p.FileSuffix...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(p.Roots)))
 	for _, r := range p.Roots {
 		b = append(b, r.Checksum[:]...)
+	}
+	if len(p.ImageRefs) > 0 {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(p.ImageRefs)))
+		for _, r := range p.ImageRefs {
+			b = append(b, byte(r.Kind))
+			b = append(b, r.Commit[:]...)
+			b = binary.BigEndian.AppendUint16(b, uint16(len(r.Name)))
+			b = append(b, r.Name...)
+			b = binary.BigEndian.AppendUint16(b, uint16(len(r.Digest)))
+			b = append(b, r.Digest...)
+		}
 	}
 	b = binary.BigEndian.AppendUint64(b, uint64(len(rem)))
 	for _, e := range rem {
@@ -54,7 +82,8 @@ func (p *Plan) MarshalBinary() ([]byte, error) {
 // anything can be deleted from it.
 func UnmarshalPlan(b []byte) (*Plan, error) {
 	d := decoder{b: b}
-	if string(d.take(len(planMagic))) != planMagic {
+	magic := string(d.take(len(planMagic)))
+	if magic != planMagic && magic != planMagicV2 {
 		return nil, fmt.Errorf("plan: not an encoded plan (bad magic): %w", ErrBadPlan)
 	}
 	n := d.take(1)
@@ -71,6 +100,26 @@ func UnmarshalPlan(b []byte) (*Plan, error) {
 		copy(roots[i].Checksum[:], d.take(32))
 		roots[i].Type = ostree.ObjCommit
 	}
+	var refs []ImageRef
+	if magic == planMagicV2 {
+		nrefs := d.u32()
+		if d.err || nrefs == 0 || nrefs > maxImageRefs || uint64(nrefs)*(1+32+2+2) > uint64(len(d.b)) {
+			return nil, fmt.Errorf("plan: %d image refs announced: %w", nrefs, ErrBadPlan)
+		}
+		refs = make([]ImageRef, nrefs)
+		for i := range refs {
+			r := &refs[i]
+			if k := d.take(1); k != nil {
+				r.Kind = ImageRefKind(k[0])
+			}
+			copy(r.Commit[:], d.take(32))
+			r.Name = string(d.take(int(d.u16())))
+			r.Digest = string(d.take(int(d.u16())))
+		}
+		if d.err {
+			return nil, fmt.Errorf("plan: truncated image refs: %w", ErrBadPlan)
+		}
+	}
 	nent := d.u64()
 	if d.err || nent > maxPlanEntries || nent*entrySize != uint64(len(d.b)) {
 		return nil, fmt.Errorf("plan: %d entries announced, %d bytes left: %w", nent, len(d.b), ErrBadPlan)
@@ -84,6 +133,10 @@ func UnmarshalPlan(b []byte) (*Plan, error) {
 	}
 	p, err := NewPlan(roots, suffix, entries)
 	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	p.ImageRefs = refs
+	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	// MarshalBinary writes one canonical form (roots and entries sorted and
@@ -111,6 +164,14 @@ func (d *decoder) take(n int) []byte {
 	v := d.b[:n]
 	d.b = d.b[n:]
 	return v
+}
+
+func (d *decoder) u16() uint16 {
+	v := d.take(2)
+	if v == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint16(v)
 }
 
 func (d *decoder) u32() uint32 {

@@ -56,6 +56,11 @@ type Result struct {
 	KeptBytes uint64 `json:"kept_bytes"`
 	// Remaining is how many entries are still to delete (0 when done).
 	Remaining int `json:"remaining"`
+	// RefsRemoved and RefsKept count the image-store refs of a plan with
+	// image GC that this run removed, or kept because they moved or came
+	// into use (RemoveImageRefs, run before Execute).
+	RefsRemoved int `json:"refs_removed,omitempty"`
+	RefsKept    int `json:"refs_kept,omitempty"`
 }
 
 // Execution phases, in order (safety invariant 2): a commit goes before

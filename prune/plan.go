@@ -116,6 +116,13 @@ type Plan struct {
 	// Stats describes the plan as computed (Execute does not change it).
 	Stats Stats
 
+	// ImageRefs are the image-store refs that cleanup removes before the
+	// objects (a plan with image GC; sorted by name); Images reports what
+	// such refs hold (nil when the plan was not computed by PlanSysroot).
+	// Images is not persisted.
+	ImageRefs []ImageRef
+	Images    *ImagesReport
+
 	// entries are sorted by (checksum, printed suffix), the order of
 	// `plan --list`; Execute makes one pass per phase.
 	entries []Entry
@@ -366,6 +373,14 @@ func (p *Plan) Validate() error {
 	if p.RootsHash != RootsHash(p.Roots) {
 		return fmt.Errorf("roots hash %q does not match the plan's roots: %w", p.RootsHash, ErrBadPlan)
 	}
+	for i, r := range p.ImageRefs {
+		if err := validImageRef(r); err != nil {
+			return err
+		}
+		if i > 0 && compareImageRefs(p.ImageRefs[i-1], r) >= 0 {
+			return fmt.Errorf("image refs not sorted and unique at %q: %w", truncateStr(r.Name), ErrBadPlan)
+		}
+	}
 	for i, e := range p.entries {
 		if !plannable(e.Type) {
 			return fmt.Errorf("entry %d: %s: type not deletable: %w", i, e.Name(), ErrBadPlan)
@@ -417,6 +432,8 @@ type Summary struct {
 	Roots      []string `json:"roots"`
 	FileSuffix string   `json:"file_suffix"`
 	Stats
+	// Images is what undeployed images hold (see ImagesReport).
+	Images ImagesReport `json:"images"`
 }
 
 // Summary returns the plan's JSON form.
@@ -425,6 +442,13 @@ func (p *Plan) Summary() Summary {
 	for i, r := range p.Roots {
 		s.Roots[i] = r.Checksum.String()
 	}
+	if p.Images != nil {
+		s.Images = *p.Images
+	}
+	if s.Images.Refs == nil {
+		s.Images.Refs = []ImageUsage{}
+	}
+	s.Images.GC = s.Images.GC || len(p.ImageRefs) > 0
 	return s
 }
 

@@ -482,6 +482,12 @@ func PlanRepo(ctx context.Context, r *ostree.Repo, roots []ostree.ObjectName, lo
 // the refs). lockTimeout bounds the wait for the lock (0: as long as ctx
 // allows); the error then names the lock and, when found, its holders.
 func ExecuteRepo(ctx context.Context, r *ostree.Repo, p *Plan, extraRoots []ostree.ObjectName, lockTimeout time.Duration, progress func(done, total int)) (Result, error) {
+	return executeRepo(ctx, r, p, extraRoots, lockTimeout, progress, nil)
+}
+
+// executeRepo is ExecuteRepo with a first phase, before run under the lock
+// before any object is deleted (an error from it deletes nothing).
+func executeRepo(ctx context.Context, r *ostree.Repo, p *Plan, extraRoots []ostree.ObjectName, lockTimeout time.Duration, progress func(done, total int), before func(*Result) error) (Result, error) {
 	// Reject a bad plan before waiting for anything.
 	if err := p.Validate(); err != nil {
 		return Result{Remaining: len(p.Remaining())}, err
@@ -496,6 +502,16 @@ func ExecuteRepo(ctx context.Context, r *ostree.Repo, p *Plan, extraRoots []ostr
 		return Result{Remaining: len(p.Remaining())}, err
 	}
 	defer d.Close()
+	if before != nil {
+		var res Result
+		if err := before(&res); err != nil {
+			res.Remaining = len(p.Remaining())
+			return res, err
+		}
+		out, err := p.Execute(ctx, d, RepoLive{Repo: r, Extra: extraRoots}, progress)
+		out.RefsRemoved, out.RefsKept = res.RefsRemoved, res.RefsKept
+		return out, err
+	}
 	return p.Execute(ctx, d, RepoLive{Repo: r, Extra: extraRoots}, progress)
 }
 

@@ -1,13 +1,11 @@
 package prune
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
@@ -40,6 +38,10 @@ type PredictOptions struct {
 	// the list after the reboot is the current one without the staged
 	// deployment.
 	IgnoreLock bool
+	// ImageGC makes PlanSysroot include the image-store refs that
+	// ostree-ext's GC would remove after finalization, and what only they
+	// reach (see images.go). Off, the plan is ostree's own prune.
+	ImageGC bool
 }
 
 // PredictDeployments is PredictDeploymentsWith with no options.
@@ -182,6 +184,31 @@ func PostFinalizeRoots(s *ostree.Sysroot, deployments []*ostree.Deployment) ([]o
 	if err != nil {
 		return nil, fmt.Errorf("post-finalization roots: %w", err)
 	}
+	return postFinalizeRoots(s, deployments, refs, nil)
+}
+
+// postFinalizeRoots is PostFinalizeRoots over the listed refs, without the
+// head refs named in removed (those image GC removes).
+func postFinalizeRoots(s *ostree.Sysroot, deployments []*ostree.Deployment, refs []ostree.Ref, removed map[string]bool) ([]ostree.ObjectName, error) {
+	survives := headRefSurvives(s, deployments)
+	roots := DeploymentRoots(deployments)
+	for _, r := range refs {
+		if r.Checksum.IsZero() {
+			return nil, fmt.Errorf("post-finalization roots: ref %q: zero checksum: %w", r.Name, ostree.ErrCorrupt)
+		}
+		if r.Kind == ostree.RefHead && (!survives(r.Name) || removed[r.Name]) {
+			continue
+		}
+		roots = append(roots, ostree.ObjectName{Checksum: r.Checksum, Type: ostree.ObjCommit})
+	}
+	slices.SortFunc(roots, compareNames)
+	return slices.Compact(roots), nil
+}
+
+// headRefSurvives reports, for a head ref name, whether it outlives the
+// regeneration of the deployment refs when deployments is the list
+// written (see PostFinalizeRoots).
+func headRefSurvives(s *ostree.Sysroot, deployments []*ostree.Deployment) func(name string) bool {
 	n := len(deployments)
 	cur := [2]int{s.BootVersion, s.SubBootVersion}
 	var survivors [][2]int // prefixes whose non-overwritten refs survive
@@ -199,18 +226,7 @@ func PostFinalizeRoots(s *ostree.Sysroot, deployments []*ostree.Deployment) ([]o
 	} else {
 		survivors = append(survivors, cur)
 	}
-	roots := DeploymentRoots(deployments)
-	for _, r := range refs {
-		if r.Checksum.IsZero() {
-			return nil, fmt.Errorf("post-finalization roots: ref %q: zero checksum: %w", r.Name, ostree.ErrCorrupt)
-		}
-		if r.Kind == ostree.RefHead && !deploymentRefSurvives(r.Name, survivors, n) {
-			continue
-		}
-		roots = append(roots, ostree.ObjectName{Checksum: r.Checksum, Type: ostree.ObjCommit})
-	}
-	slices.SortFunc(roots, compareNames)
-	return slices.Compact(roots), nil
+	return func(name string) bool { return deploymentRefSurvives(name, survivors, n) }
 }
 
 // deploymentRefSurvives reports whether the head ref name outlives
@@ -238,25 +254,4 @@ func deploymentRefSurvives(name string, survivors [][2]int, n int) bool {
 		}
 	}
 	return true
-}
-
-// PlanSysroot is the mock prune of a sysroot: the deployments predicted
-// after finalization (PredictDeploymentsWith o), their roots
-// (PostFinalizeRoots) and the plan from those roots, computed under
-// ostree's shared repository lock (PlanRepo). With nothing staged it is
-// what `ostree admin cleanup` would delete now.
-func PlanSysroot(ctx context.Context, s *ostree.Sysroot, o PredictOptions, lockTimeout time.Duration) (*Plan, []*ostree.Deployment, error) {
-	ds, err := PredictDeploymentsWith(s, o)
-	if err != nil {
-		return nil, nil, err
-	}
-	roots, err := PostFinalizeRoots(s, ds)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := PlanRepo(ctx, s.Repo, roots, lockTimeout)
-	if err != nil {
-		return nil, nil, fmt.Errorf("planning the prune of %s: %w", s.Repo.Path, err)
-	}
-	return p, ds, nil
 }

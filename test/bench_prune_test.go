@@ -143,23 +143,13 @@ var fixtureSources = []string{"/usr/share", "/usr/lib/python3", "/usr/lib/python
 
 const defaultChurnSeed = 20240611
 
-func buildFixture(t *testing.T) *fixture {
-	ctx := context.Background()
-	seed := uint64(defaultChurnSeed)
-	if v := os.Getenv("OSTREE_PREFINALIZE_BENCH_SEED"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("OSTREE_PREFINALIZE_BENCH_SEED=%q: %v", v, err)
-		}
-		seed = n
-	}
-	t.Logf("churn seed %d (set OSTREE_PREFINALIZE_BENCH_SEED to change)", seed)
-	start := time.Now()
-	fx := &fixture{bin: buildBinary(t)}
-	s := harness.NewSysroot(t, harness.Options{})
-	fx.s = s
-
-	work := filepath.Join(t.TempDir(), "tree")
+// benchWorkTree writes a bootable skeleton (harness tree, seed 1, no
+// generated usr files) into a scratch directory and copies the existing
+// sources below usr/lib/bench/ (the first is required); it returns the
+// directory, the copies' relative paths and the sources used.
+func benchWorkTree(t *testing.T, sources []string) (work string, roots, used []string) {
+	t.Helper()
+	work = filepath.Join(t.TempDir(), "tree")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -168,8 +158,7 @@ func buildFixture(t *testing.T) *fixture {
 	if err := tree.Write(work); err != nil {
 		t.Fatal(err)
 	}
-	var roots, used []string
-	for i, src := range fixtureSources {
+	for i, src := range sources {
 		if _, err := os.Stat(src); err != nil {
 			if i == 0 {
 				t.Fatalf("benchmark source %s: %v", src, err)
@@ -186,6 +175,26 @@ func buildFixture(t *testing.T) *fixture {
 		roots = append(roots, rel)
 		used = append(used, src)
 	}
+	return work, roots, used
+}
+
+func buildFixture(t *testing.T) *fixture {
+	ctx := context.Background()
+	seed := uint64(defaultChurnSeed)
+	if v := os.Getenv("OSTREE_PREFINALIZE_BENCH_SEED"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("OSTREE_PREFINALIZE_BENCH_SEED=%q: %v", v, err)
+		}
+		seed = n
+	}
+	t.Logf("churn seed %d (set OSTREE_PREFINALIZE_BENCH_SEED to change)", seed)
+	start := time.Now()
+	fx := &fixture{bin: buildBinary(t)}
+	s := harness.NewSysroot(t, harness.Options{})
+	fx.s = s
+
+	work, roots, used := benchWorkTree(t, fixtureSources)
 	commit := func(k int) string {
 		out := s.RepoCmd("commit", "--branch=os", "--tree=dir="+work,
 			fmt.Sprintf("--subject=bench %d", k), fmt.Sprintf("--timestamp=2024-01-0%d 00:00:00 +0000", k))

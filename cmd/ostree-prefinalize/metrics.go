@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
 
 // The states `status` can report, so every one gets a series (one-hot: 1
@@ -64,6 +65,14 @@ func renderMetrics(st *finalize.Status, ok bool, now time.Time) []byte {
 	oneHot("prune_state", "State of the prune plan for the staged transition (one-hot).", pruneStates, st.Prune.State)
 	one("prune_objects", "Objects the staged transition will leave unreachable.", float64(st.Prune.Objects))
 	one("prune_bytes", "Bytes the staged transition will leave unreachable.", float64(st.Prune.Bytes))
+	var im prune.ImagesReport
+	if st.Prune.Images != nil {
+		im = *st.Prune.Images
+	}
+	one("prune_images_held_objects", "Objects that container images no deployment uses hold after finalization.", float64(im.HeldObjects))
+	one("prune_images_held_bytes", "Bytes that container images no deployment uses hold after finalization.", float64(im.HeldBytes))
+	one("prune_images_refs", "Undeployed container images (and orphan layers) that image GC would remove.", float64(len(im.Refs)))
+	one("prune_images_gc", "Whether the plan includes image GC.", b2f(im.GC))
 	one("cleanup_pending", "Whether a persisted plan waits for the next-boot cleanup.", b2f(st.Cleanup.Pending))
 	one("cleanup_objects", "Objects the pending cleanup will delete.", float64(st.Cleanup.Objects))
 	one("cleanup_bytes", "Bytes the pending cleanup will free.", float64(st.Cleanup.Bytes))

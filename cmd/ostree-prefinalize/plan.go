@@ -25,8 +25,9 @@ const planLockTimeout = 5 * time.Minute
 
 func newPlanCmd(g *globalOpts) *cobra.Command {
 	var asJSON, asList bool
+	var imageGC func() (bool, error)
 	c := &cobra.Command{
-		Use:   "plan [--json | --list]",
+		Use:   "plan [--json | --list] [--image-gc]",
 		Short: "Show the mock prune for the staged transition (or for now when nothing is staged)",
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
@@ -40,9 +41,14 @@ func newPlanCmd(g *globalOpts) *cobra.Command {
 			case asList:
 				format = "list"
 			}
-			return runPlan(c.Context(), g, format, c.OutOrStdout(), os.Stderr)
+			gc, err := imageGC()
+			if err != nil {
+				return err
+			}
+			return runPlan(c.Context(), g, format, gc, c.OutOrStdout(), os.Stderr)
 		},
 	}
+	imageGC = addImageGCFlag(c)
 	c.Flags().BoolVar(&asJSON, "json", false, "print the plan summary as JSON")
 	c.Flags().BoolVar(&asList, "list", false, "print one object per line, <checksum>.<type>, sorted")
 	return c
@@ -58,12 +64,12 @@ type planResult struct {
 
 // computePlan loads the sysroot, predicts the post-finalization deployments
 // and their roots, and plans the prune under ostree's shared repo lock.
-func computePlan(ctx context.Context, g *globalOpts) (*planResult, error) {
+func computePlan(ctx context.Context, g *globalOpts, imageGC bool) (*planResult, error) {
 	s, err := ostree.LoadSysroot(g.sysroot, ostree.LoadOptions{RunDir: g.runDir})
 	if err != nil {
 		return nil, err
 	}
-	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{}, planLockTimeout)
+	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{ImageGC: imageGC}, planLockTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -80,9 +86,9 @@ func computePlan(ctx context.Context, g *globalOpts) (*planResult, error) {
 	return r, nil
 }
 
-func runPlan(ctx context.Context, g *globalOpts, format string, stdout io.Writer, stderr *os.File) error {
+func runPlan(ctx context.Context, g *globalOpts, format string, imageGC bool, stdout io.Writer, stderr *os.File) error {
 	stop := startProgress(stderr, "planning")
-	r, err := computePlan(ctx, g)
+	r, err := computePlan(ctx, g, imageGC)
 	stop()
 	if err != nil {
 		return err
@@ -179,6 +185,7 @@ func (r *planResult) writeText(w io.Writer) error {
 	}{{"commit", st.Commit}, {"commitmeta", st.CommitMeta}, {"dirtree", st.DirTree}, {"dirmeta", st.DirMeta}, {p.FileSuffix, st.File}} {
 		fmt.Fprintf(bw, "  %-10s %9d  %s\n", t.name, t.ts.Objects, humanBytes(t.ts.Bytes))
 	}
+	writeImages(bw, p.Summary().Images)
 	return bw.Flush()
 }
 

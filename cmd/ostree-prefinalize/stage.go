@@ -12,8 +12,9 @@ import (
 
 func newStageCmd(g *globalOpts) *cobra.Command {
 	var noTakeover, asJSON bool
+	var imageGC func() (bool, error)
 	c := &cobra.Command{
-		Use:   "stage [--no-takeover] [--json]",
+		Use:   "stage [--no-takeover] [--json] [--image-gc]",
 		Short: "Precompute the /etc merge and the prune plan for the staged update",
 		Long: `Run after an update has been staged ('ostree admin deploy --stage', or
 rpm-ostree/bootc doing the same); ostree-prefinalize.path starts it
@@ -38,6 +39,11 @@ With nothing staged it does nothing and exits 0.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg := g.config()
 			cfg.NoTakeover = noTakeover
+			gc, err := imageGC()
+			if err != nil {
+				return err
+			}
+			cfg.ImageGC = gc
 			stop := startProgress(progressFile(g.stderr), "precomputing")
 			res, err := finalize.Stage(c.Context(), cfg)
 			stop()
@@ -61,6 +67,7 @@ With nothing staged it does nothing and exits 0.`,
 	}
 	c.Flags().BoolVar(&noTakeover, "no-takeover", false, "precompute and check, but let ostree do its own /etc merge at shutdown")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	imageGC = addImageGCFlag(c)
 	return c
 }
 

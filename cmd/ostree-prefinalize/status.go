@@ -126,6 +126,9 @@ func writeStatus(w io.Writer, st *finalize.Status) error {
 		fmt.Fprintf(&b, ", %d objects, %s to free after finalization", st.Prune.Objects, humanBytes(uint64(st.Prune.Bytes)))
 	}
 	b.WriteString("\n")
+	if im := st.Prune.Images; im != nil && (len(im.Refs) > 0 || im.Reason != "") {
+		writeImages(&b, *im)
+	}
 	reason(st.Prune.Reason)
 	if st.Cleanup.Pending {
 		fmt.Fprintf(&b, "Cleanup:  pending, %d objects, %s (ostree-prefinalize-cleanup.timer)\n", st.Cleanup.Objects, humanBytes(uint64(st.Cleanup.Bytes)))

@@ -98,7 +98,9 @@ func requireRefreshLog(t *testing.T, lines []string, rebuilt bool) {
 // home directory labels, semodule's log) is exactly what ostree's own
 // merge and refresh produce; ostree neither merges nor runs semodule
 // again on our copy.
-func TestEtcSELinuxRefreshParity(t *testing.T) {
+func TestEtcSELinuxRefreshParity(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxRefreshParity) }
+
+func testEtcSELinuxRefreshParity(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	var staged harness.Deployment
 	r := e.run(t, etcRun{
@@ -145,7 +147,9 @@ func TestEtcSELinuxRefreshParity(t *testing.T) {
 // An input of the policy changed after staging and nothing refreshed it
 // again before the seal (no watcher): the seal falls back, and ostree
 // merges and refreshes as it always did, from a pristine staged etc.
-func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
+func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxInputChangedBeforeSeal) }
+
+func testEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	for _, c := range []struct{ name, after string }{
 		{"user", seAddUser2},
@@ -166,7 +170,9 @@ func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
 // The same change while the watcher runs: its batch merges the whole etc
 // again and refreshes the policy again, so the takeover holds and the
 // result is still exactly ostree's.
-func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
+func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxWatcherRefreshesAgain) }
+
+func testEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	var staged harness.Deployment
 	r := e.run(t, etcRun{before: seAddUser, after: seAddUser2 + "\n" + etcKinds[0].script, wantTakeover: true,
@@ -213,7 +219,9 @@ func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 // A deployment whose semodule lacks the option: ostree only asks for the
 // help and does not refresh; neither do we, and the takeover stands even
 // when a policy input changes later.
-func TestEtcSELinuxNoRebuildOption(t *testing.T) {
+func TestEtcSELinuxNoRebuildOption(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxNoRebuildOption) }
+
+func testEtcSELinuxNoRebuildOption(t *testing.T) {
 	e := newSELinuxEnv(t, true)
 	r := e.run(t, etcRun{before: seAddModule, after: seAddUser, wantTakeover: true})
 	if r.stage.Etc.Policy != finalize.PolicyUnsupported || r.pre.Etc.Policy != finalize.PolicyUnsupported {
@@ -224,7 +232,9 @@ func TestEtcSELinuxNoRebuildOption(t *testing.T) {
 
 // semodule fails on the merged etc: stage says so at staging time and
 // falls back; ostree's finalization fails the same way on both copies.
-func TestEtcSELinuxRefreshFails(t *testing.T) {
+func TestEtcSELinuxRefreshFails(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxRefreshFails) }
+
+func testEtcSELinuxRefreshFails(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	r := e.run(t, etcRun{
 		before:     `mkdir -p ` + seModules + `/400/broken && echo x > ` + seModules + `/400/broken/FAIL`,
@@ -240,7 +250,9 @@ func TestEtcSELinuxRefreshFails(t *testing.T) {
 // semodule, started from that namespace, writes through it too. ostree's
 // finalization then neither merges nor refreshes, and the new etc is the
 // one ostree produces alone on a copy.
-func TestEtcSELinuxReadOnlySysroot(t *testing.T) {
+func TestEtcSELinuxReadOnlySysroot(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxReadOnlySysroot) }
+
+func testEtcSELinuxReadOnlySysroot(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	h := e.base.Copy(t)
 	h.MustShell(seAddUser + "\n" + etcKinds[0].script)
@@ -327,7 +339,9 @@ func killMidRebuild(t *testing.T, h *harness.BootedHost, d harness.Deployment, a
 // watcher batch: the next finalize --pre falls back (the staged etc was
 // being written), and ostree's merge and refresh give exactly its own
 // result.
-func TestEtcSELinuxKillDuringRefresh(t *testing.T) {
+func TestEtcSELinuxKillDuringRefresh(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxKillDuringRefresh) }
+
+func testEtcSELinuxKillDuringRefresh(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	base := e.base.Copy(t)
 	base.MustShell(seSlow + "\n" + seAddUser + "\n" + etcKinds[0].script)

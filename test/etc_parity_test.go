@@ -422,7 +422,9 @@ func testEtcParityNoTakeover(t *testing.T) {
 // and ostree's finalization fails after its merge, identically on both
 // copies. A takeover would skip the refresh and "succeed". Where the
 // refresh works, see etc_selinux_test.go.
-func TestEtcParitySELinuxRefreshImpossible(t *testing.T) { harness.ForEachOracle(t, testEtcParitySELinuxRefreshImpossible) }
+func TestEtcParitySELinuxRefreshImpossible(t *testing.T) {
+	harness.ForEachOracle(t, testEtcParitySELinuxRefreshImpossible)
+}
 
 func testEtcParitySELinuxRefreshImpossible(t *testing.T) {
 	t1, t2 := etcTrees()

@@ -147,7 +147,9 @@ func testEtcSELinuxRefreshParity(t *testing.T) {
 // An input of the policy changed after staging and nothing refreshed it
 // again before the seal (no watcher): the seal falls back, and ostree
 // merges and refreshes as it always did, from a pristine staged etc.
-func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxInputChangedBeforeSeal) }
+func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxInputChangedBeforeSeal)
+}
 
 func testEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
 	e := newSELinuxEnv(t, false)
@@ -170,7 +172,9 @@ func testEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
 // The same change while the watcher runs: its batch merges the whole etc
 // again and refreshes the policy again, so the takeover holds and the
 // result is still exactly ostree's.
-func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxWatcherRefreshesAgain) }
+func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxWatcherRefreshesAgain)
+}
 
 func testEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 	e := newSELinuxEnv(t, false)
@@ -219,7 +223,9 @@ func testEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 // A deployment whose semodule lacks the option: ostree only asks for the
 // help and does not refresh; neither do we, and the takeover stands even
 // when a policy input changes later.
-func TestEtcSELinuxNoRebuildOption(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxNoRebuildOption) }
+func TestEtcSELinuxNoRebuildOption(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxNoRebuildOption)
+}
 
 func testEtcSELinuxNoRebuildOption(t *testing.T) {
 	e := newSELinuxEnv(t, true)
@@ -250,7 +256,9 @@ func testEtcSELinuxRefreshFails(t *testing.T) {
 // semodule, started from that namespace, writes through it too. ostree's
 // finalization then neither merges nor refreshes, and the new etc is the
 // one ostree produces alone on a copy.
-func TestEtcSELinuxReadOnlySysroot(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxReadOnlySysroot) }
+func TestEtcSELinuxReadOnlySysroot(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxReadOnlySysroot)
+}
 
 func testEtcSELinuxReadOnlySysroot(t *testing.T) {
 	e := newSELinuxEnv(t, false)
@@ -339,7 +347,9 @@ func killMidRebuild(t *testing.T, h *harness.BootedHost, d harness.Deployment, a
 // watcher batch: the next finalize --pre falls back (the staged etc was
 // being written), and ostree's merge and refresh give exactly its own
 // result.
-func TestEtcSELinuxKillDuringRefresh(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxKillDuringRefresh) }
+func TestEtcSELinuxKillDuringRefresh(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxKillDuringRefresh)
+}
 
 func testEtcSELinuxKillDuringRefresh(t *testing.T) {
 	e := newSELinuxEnv(t, false)

@@ -887,7 +887,9 @@ func TestCleanupConcurrentWriter(t *testing.T) {
 // list is not the predicted one), persist nothing, delete nothing, and
 // status --json must say why. --post run while the deployment is still
 // staged refuses too.
-func TestFinalizeFailureNothingDeleted(t *testing.T) { harness.ForEachOracle(t, testFinalizeFailureNothingDeleted) }
+func TestFinalizeFailureNothingDeleted(t *testing.T) {
+	harness.ForEachOracle(t, testFinalizeFailureNothingDeleted)
+}
 
 func testFinalizeFailureNothingDeleted(t *testing.T) {
 	e := newParityEnv(t)
@@ -973,7 +975,9 @@ func unchangedObjects(t *testing.T, got, want map[string]bool, what string) {
 // (the plan is what ostree's cleanup would delete with the current
 // deployments), real finalize-staged does nothing, --post persists nothing,
 // nothing is deleted, and the next boot has nothing pending.
-func TestLockedFinalizationNothingDeleted(t *testing.T) { harness.ForEachOracle(t, testLockedFinalizationNothingDeleted) }
+func TestLockedFinalizationNothingDeleted(t *testing.T) {
+	harness.ForEachOracle(t, testLockedFinalizationNothingDeleted)
+}
 
 func testLockedFinalizationNothingDeleted(t *testing.T) {
 	for _, how := range []string{"--lock-finalization", "locked file"} {

@@ -421,7 +421,9 @@ func testParitySecondStateroot(t *testing.T) {
 
 // (d) Remote refs, a mirror (collection) ref and an extra ref keeping part of
 // the rollback alive.
-func TestParityRemoteAndExtraRefs(t *testing.T) { harness.ForEachOracle(t, testParityRemoteAndExtraRefs) }
+func TestParityRemoteAndExtraRefs(t *testing.T) {
+	harness.ForEachOracle(t, testParityRemoteAndExtraRefs)
+}
 
 func testParityRemoteAndExtraRefs(t *testing.T) {
 	e := newParityEnv(t)
@@ -505,7 +507,9 @@ func testParityNothingStaged(t *testing.T) {
 
 // (g) A ref added between planning and execution that reaches planned
 // objects: those objects survive, fsck is clean, the new commit checks out.
-func TestParityRefAddedBeforeExecution(t *testing.T) { harness.ForEachOracle(t, testParityRefAddedBeforeExecution) }
+func TestParityRefAddedBeforeExecution(t *testing.T) {
+	harness.ForEachOracle(t, testParityRefAddedBeforeExecution)
+}
 
 func testParityRefAddedBeforeExecution(t *testing.T) {
 	e := newParityEnv(t)
@@ -670,7 +674,9 @@ func testParityBootedRollback(t *testing.T) {
 // deployment (not the booted one) and is kept, the rest of that stateroot
 // dropped; the booted stateroot is untouched. With --no-merge the staged
 // state has no merge deployment, and that one goes too.
-func TestParityStageOtherStateroot(t *testing.T) { harness.ForEachOracle(t, testParityStageOtherStateroot) }
+func TestParityStageOtherStateroot(t *testing.T) {
+	harness.ForEachOracle(t, testParityStageOtherStateroot)
+}
 
 func testParityStageOtherStateroot(t *testing.T) {
 	for _, noMerge := range []bool{false, true} {
@@ -763,7 +769,9 @@ func testParityTakeover(t *testing.T) {
 // Locked finalization (--lock-finalization): ostree does not finalize at
 // shutdown, the staged deployment is gone after the reboot, and cleanup
 // works from the current list.
-func TestParityLockedFinalization(t *testing.T) { harness.ForEachOracle(t, testParityLockedFinalization) }
+func TestParityLockedFinalization(t *testing.T) {
+	harness.ForEachOracle(t, testParityLockedFinalization)
+}
 
 func testParityLockedFinalization(t *testing.T) {
 	e := newParityEnv(t)

@@ -361,7 +361,9 @@ func generatedDirs(tr *harness.Tree) []string {
 // 1. Edits made while watching reach the staged etc; SIGTERM applies what
 // is pending and exits 0; the seal and ostree's finalization give exactly
 // ostree's merge.
-func TestWatchEditsReachStagedEtc(t *testing.T) { harness.ForEachOracle(t, testWatchEditsReachStagedEtc) }
+func TestWatchEditsReachStagedEtc(t *testing.T) {
+	harness.ForEachOracle(t, testWatchEditsReachStagedEtc)
+}
 
 func testWatchEditsReachStagedEtc(t *testing.T) {
 	w := newWatchEnv(t, watchOptions{seed: 11})

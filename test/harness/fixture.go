@@ -67,6 +67,9 @@ func NewSysroot(t testing.TB, o Options) *Sysroot {
 	if o.Oracle != nil {
 		oracle = *o.Oracle
 	}
+	if err := oracle.check(); err != nil {
+		t.Fatal(err)
+	}
 	s := &Sysroot{t: t, Path: dir, Repo: filepath.Join(dir, "ostree", "repo"), OS: o.OS, Oracle: oracle, scratch: t.TempDir()}
 	registerImmutableCleanup(t, dir)
 	s.mustRun("ostree", "admin", "init-fs", "--modern", dir)

@@ -9,11 +9,12 @@ FUZZTIME ?= 60s
 FUZZLONG ?= 5m
 DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap debootstrap
 # The ostree the tests compare with (test/harness/oracle.go): a Debian suite
-# (bookworm: 2022.7, trixie: 2025.2), a comma-separated list, or all. A
+# (bookworm: 2022.7, trixie: 2025.2, forky: 2026.4), a comma-separated list,
+# or all (harness.AllOracles, the same list as here). A
 # suite other than the host's own runs from a root test/roots/build.sh
 # builds once (make deps) under /var/cache/ostree-prefinalize/roots.
 ORACLE  ?= all
-ORACLE_SUITES = $(if $(filter all,$(ORACLE)),bookworm trixie,$(subst $(comma), ,$(ORACLE)))
+ORACLE_SUITES = $(if $(filter all,$(ORACLE)),bookworm trixie forky,$(subst $(comma), ,$(ORACLE)))
 comma   := ,
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR  ?= $(PREFIX)/share/man

@@ -24,8 +24,10 @@ const RootsEnv = "OSTREE_PREFINALIZE_ROOTS"
 const DefaultRoots = "/var/cache/ostree-prefinalize/roots"
 
 // AllOracles are the oracles "all" means, oldest ostree first: bookworm's
-// 2022.7 and trixie's 2025.2.
-var AllOracles = []string{"bookworm", "trixie"}
+// 2022.7, trixie's 2025.2 and forky's (Debian testing: 2026.4 when its
+// root was first built; a root keeps its version until rebuilt). The
+// Makefile's ORACLE_SUITES is the same list.
+var AllOracles = []string{"bookworm", "trixie", "forky"}
 
 // Oracle is one real ostree the tests compare with: the ostree of a Debian
 // suite. The suite the host itself runs is the host's own /usr (the ostree

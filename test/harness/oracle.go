@@ -155,6 +155,9 @@ func OracleNamed(name string) Oracle {
 	return Oracle{Name: name, Root: filepath.Join(base, name)}
 }
 
+// HostOracle is the host's own ostree (the Debian suite the host runs).
+func HostOracle() Oracle { return Oracle{Name: hostSuite()} }
+
 // SelectedOracles are the oracles OracleEnv selects (all when unset).
 func SelectedOracles() []Oracle {
 	v := strings.TrimSpace(os.Getenv(OracleEnv))

@@ -65,22 +65,28 @@ func filter() ([]unix.SockFilter, error) {
 	}, nil
 }
 
+// install puts the filter on every thread of this process (root installs
+// it without no_new_privs: CAP_SYS_ADMIN); it is inherited across exec.
+func install() error {
+	runtime.LockOSThread()
+	prog, err := filter()
+	if err != nil {
+		return err
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, seccompTsync, uintptr(unsafe.Pointer(&fprog))); e != 0 {
+		return fmt.Errorf("nofreeze: seccomp: %w", e)
+	}
+	return nil
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: nofreeze COMMAND [ARG...]")
 		os.Exit(2)
 	}
-	runtime.LockOSThread()
-	prog, err := filter()
-	if err != nil {
+	if err := install(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(125)
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	// Root installs a filter without no_new_privs (CAP_SYS_ADMIN); TSYNC
-	// puts it on every thread of this process before the exec.
-	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, seccompTsync, uintptr(unsafe.Pointer(&fprog))); e != 0 {
-		fmt.Fprintf(os.Stderr, "nofreeze: seccomp: %v\n", e)
 		os.Exit(125)
 	}
 	path, err := exec.LookPath(os.Args[1])

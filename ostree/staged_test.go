@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -296,6 +297,31 @@ func FuzzDecodeStagedState(f *testing.F) {
 		n, err := DecodeStagedState(out)
 		if err != nil || n.Merge != nil || n.Target != s.Target || !n.HasKargs {
 			t.Fatalf("takeover result: %+v %v", n, err)
+		}
+		// Our own takeover, not rewritten, gives ostree's bytes back.
+		if back, err := s.Reapply(n); err != nil || !bytes.Equal(back, b) {
+			t.Fatalf("reapplying an unchanged takeover: %v", err)
+		}
+		// A rewrite that adds "locked" (lock-finalization) keeps the
+		// target and merge deployment and the lock survives.
+		if _, ok := LookupEntry(n.Entries, "locked"); ok {
+			return
+		}
+		lk, err := EncodeVardict(append(slices.Clone(n.Entries), VariantEntry{Key: "locked", Type: "b", Value: EncodeBool(true)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rw, err := DecodeStagedState(lk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		re2, err := s.Reapply(rw)
+		if err != nil {
+			t.Fatalf("reapplying a lock: %v", err)
+		}
+		r, err := DecodeStagedState(re2)
+		if err != nil || !r.Locked || r.Merge == nil || *r.Merge != *s.Merge || r.Target != s.Target {
+			t.Fatalf("reapplied lock: %+v %v", r, err)
 		}
 	})
 }

@@ -22,6 +22,7 @@ type Status struct {
 	Prune   PruneStatus        `json:"prune"`
 	Cleanup CleanupStatus      `json:"cleanup"`
 	Watcher WatcherStatus      `json:"watcher"`
+	Ostree  *OstreeStatus      `json:"ostree,omitempty"`
 	History []store.Transition `json:"history,omitempty"`
 }
 
@@ -58,6 +59,26 @@ type CleanupStatus struct {
 	Objects int64  `json:"objects"`
 	Bytes   int64  `json:"bytes"`
 	Reason  string `json:"reason,omitempty"`
+}
+
+// OstreeStatus is the installed ostree (`ostree --version`) and the
+// choices made from it.
+type OstreeStatus struct {
+	Version string `json:"version,omitempty"`
+	// SELinuxRefresh is the semodule option ostree passes when it refreshes
+	// the SELinux policy after its merge, which a takeover runs instead
+	// ("" when this ostree does not refresh).
+	SELinuxRefresh string `json:"selinux_refresh"`
+	// Error says why the version could not be read.
+	Error string `json:"error,omitempty"`
+}
+
+func ostreeStatus(ctx context.Context, cfg *Config) *OstreeStatus {
+	r, err := policyRefreshOf(ctx, cfg.Ostree)
+	if err != nil {
+		return &OstreeStatus{Error: err.Error()}
+	}
+	return &OstreeStatus{Version: r.version, SELinuxRefresh: r.flag}
 }
 
 type WatcherStatus struct {
@@ -135,6 +156,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	if s.Watcher.Running {
 		s.Watcher.Mode, s.Watcher.Reason = readWatcherMode(cfg.RunDir)
 	}
+	s.Ostree = ostreeStatus(ctx, &cfg)
 	return s, nil
 }
 

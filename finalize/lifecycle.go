@@ -48,6 +48,10 @@ type Config struct {
 	LockTimeout time.Duration
 	// Progress, if set, is told how far a long plan or deletion is.
 	Progress func(done, total int)
+	// Choices are the installed ostree's version-dependent behaviours
+	// (ostree.Rows); nil means: read `Ostree --version` once per command
+	// (resolveChoices).
+	Choices *ostree.Choices
 	// BootedDevIno, for tests only, is taken as the device and inode of
 	// "/" (ostree.LoadOptions.BootedDevIno): the lifecycle then runs on a
 	// sysroot "booted" into that deployment from outside its namespace.
@@ -77,6 +81,23 @@ func (c *Config) defaults() {
 	if c.LockTimeout == 0 {
 		c.LockTimeout = 30 * time.Second
 	}
+}
+
+// resolveChoices reads the installed ostree's version-dependent choices
+// (once: Watch resolves them before its loop) and hands the merge its own
+// (FS.SkipSpecialInDirs). An ostree whose version cannot be read gets the
+// oldest behaviour of every row, which is doing less: a merge that fails
+// where a newer ostree would skip an entry falls back to ostree's merge.
+func (c *Config) resolveChoices(ctx context.Context) ostree.Choices {
+	if c.Choices == nil {
+		ch, err := ostree.InstalledChoices(ctx, c.Ostree)
+		if err != nil {
+			c.Log.Warn("assuming the oldest ostree behaviours", "err", err)
+		}
+		c.Choices = &ch
+	}
+	c.FS.SkipSpecialInDirs = c.Choices.EtcMergeSkipsSpecialInDirs
+	return *c.Choices
 }
 
 // ErrNotBooted: the lifecycle needs a booted ostree system (the staged
@@ -207,6 +228,7 @@ type PruneResult struct {
 // reported as an error after falling back to ostree's own state.
 func Stage(ctx context.Context, cfg Config) (res *StageResult, err error) {
 	cfg.defaults()
+	cfg.resolveChoices(ctx)
 	// Stage writes the staged etc and, on a fallback, resets it: on a host
 	// whose /sysroot is mounted read-only it does so, as ostree does, from
 	// a private mount namespace with a read-write remount.

@@ -63,6 +63,8 @@ type planner struct {
 	orig     string
 	modified string
 	base     string // the state the merge starts from: new defaults (or newEtc for a preflight)
+	// skipSpecial: FS.SkipSpecialInDirs.
+	skipSpecial bool
 }
 
 type ent struct {
@@ -325,7 +327,7 @@ func (pl *planner) checkCopyable(root, p string) error {
 			if err := pl.checkCopyable(root, c); err != nil {
 				return err
 			}
-		case e.ok && !isReg(&e.st) && !isLnk(&e.st):
+		case e.ok && !isReg(&e.st) && !isLnk(&e.st) && !pl.skipSpecial:
 			return fmt.Errorf("copying %s: %w", filepath.Join(root, c), ErrNotCopyable)
 		}
 	}
@@ -369,7 +371,7 @@ func MergePaths(ctx context.Context, fs FS, orig, modified, newEtc, defaults str
 	if err != nil {
 		return 0, err
 	}
-	pl := &planner{ctx: ctx, orig: orig, modified: modified, base: defaults}
+	pl := &planner{ctx: ctx, orig: orig, modified: modified, base: defaults, skipSpecial: fs.SkipSpecialInDirs}
 	var regions []string
 	for _, p := range roots {
 		r, err := pl.region(p)
@@ -713,6 +715,11 @@ func (ap *applier) syncCopy(p, src string) error {
 		return ap.setDirAttr(p, a)
 	}
 	if !isReg(&s) && !isLnk(&s) {
+		if ap.t.fs.SkipSpecialInDirs {
+			// copy_dir_recurse (2024.2) skips it in the directory it
+			// creates afresh: nothing is there.
+			return ap.ensureAbsent(p)
+		}
 		return fmt.Errorf("copying %s: %w", filepath.Join(src, p), ErrNotCopyable)
 	}
 	same, err := ap.sameAsSource(p, src, &s)

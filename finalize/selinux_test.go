@@ -168,4 +168,3 @@ func TestRefreshPolicyNoBwrap(t *testing.T) {
 		t.Fatalf("want an ErrPolicy when ostree cannot say its version, got %v", err)
 	}
 }
-

@@ -98,7 +98,9 @@ func requireRefreshLog(t *testing.T, lines []string, rebuilt bool) {
 // home directory labels, semodule's log) is exactly what ostree's own
 // merge and refresh produce; ostree neither merges nor runs semodule
 // again on our copy.
-func TestEtcSELinuxRefreshParity(t *testing.T) {
+func TestEtcSELinuxRefreshParity(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxRefreshParity) }
+
+func testEtcSELinuxRefreshParity(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	var staged harness.Deployment
 	r := e.run(t, etcRun{
@@ -146,6 +148,10 @@ func TestEtcSELinuxRefreshParity(t *testing.T) {
 // again before the seal (no watcher): the seal falls back, and ostree
 // merges and refreshes as it always did, from a pristine staged etc.
 func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxInputChangedBeforeSeal)
+}
+
+func testEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	for _, c := range []struct{ name, after string }{
 		{"user", seAddUser2},
@@ -167,6 +173,10 @@ func TestEtcSELinuxInputChangedBeforeSeal(t *testing.T) {
 // again and refreshes the policy again, so the takeover holds and the
 // result is still exactly ostree's.
 func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxWatcherRefreshesAgain)
+}
+
+func testEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	var staged harness.Deployment
 	r := e.run(t, etcRun{before: seAddUser, after: seAddUser2 + "\n" + etcKinds[0].script, wantTakeover: true,
@@ -214,6 +224,10 @@ func TestEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 // help and does not refresh; neither do we, and the takeover stands even
 // when a policy input changes later.
 func TestEtcSELinuxNoRebuildOption(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxNoRebuildOption)
+}
+
+func testEtcSELinuxNoRebuildOption(t *testing.T) {
 	e := newSELinuxEnv(t, true)
 	r := e.run(t, etcRun{before: seAddModule, after: seAddUser, wantTakeover: true})
 	if r.stage.Etc.Policy != finalize.PolicyUnsupported || r.pre.Etc.Policy != finalize.PolicyUnsupported {
@@ -224,7 +238,9 @@ func TestEtcSELinuxNoRebuildOption(t *testing.T) {
 
 // semodule fails on the merged etc: stage says so at staging time and
 // falls back; ostree's finalization fails the same way on both copies.
-func TestEtcSELinuxRefreshFails(t *testing.T) {
+func TestEtcSELinuxRefreshFails(t *testing.T) { harness.ForEachOracle(t, testEtcSELinuxRefreshFails) }
+
+func testEtcSELinuxRefreshFails(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	r := e.run(t, etcRun{
 		before:     `mkdir -p ` + seModules + `/400/broken && echo x > ` + seModules + `/400/broken/FAIL`,
@@ -241,6 +257,10 @@ func TestEtcSELinuxRefreshFails(t *testing.T) {
 // finalization then neither merges nor refreshes, and the new etc is the
 // one ostree produces alone on a copy.
 func TestEtcSELinuxReadOnlySysroot(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxReadOnlySysroot)
+}
+
+func testEtcSELinuxReadOnlySysroot(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	h := e.base.Copy(t)
 	h.MustShell(seAddUser + "\n" + etcKinds[0].script)
@@ -328,6 +348,10 @@ func killMidRebuild(t *testing.T, h *harness.BootedHost, d harness.Deployment, a
 // being written), and ostree's merge and refresh give exactly its own
 // result.
 func TestEtcSELinuxKillDuringRefresh(t *testing.T) {
+	harness.ForEachOracle(t, testEtcSELinuxKillDuringRefresh)
+}
+
+func testEtcSELinuxKillDuringRefresh(t *testing.T) {
 	e := newSELinuxEnv(t, false)
 	base := e.base.Copy(t)
 	base.MustShell(seSlow + "\n" + seAddUser + "\n" + etcKinds[0].script)

@@ -888,6 +888,10 @@ func TestCleanupConcurrentWriter(t *testing.T) {
 // status --json must say why. --post run while the deployment is still
 // staged refuses too.
 func TestFinalizeFailureNothingDeleted(t *testing.T) {
+	harness.ForEachOracle(t, testFinalizeFailureNothingDeleted)
+}
+
+func testFinalizeFailureNothingDeleted(t *testing.T) {
 	e := newParityEnv(t)
 	e.commit("testos/main", harness.NewTree(harness.TreeOptions{Seed: 81}))
 	e.s.Deploy("testos", "testos/main", "root=LABEL=x")
@@ -972,6 +976,10 @@ func unchangedObjects(t *testing.T, got, want map[string]bool, what string) {
 // deployments), real finalize-staged does nothing, --post persists nothing,
 // nothing is deleted, and the next boot has nothing pending.
 func TestLockedFinalizationNothingDeleted(t *testing.T) {
+	harness.ForEachOracle(t, testLockedFinalizationNothingDeleted)
+}
+
+func testLockedFinalizationNothingDeleted(t *testing.T) {
 	for _, how := range []string{"--lock-finalization", "locked file"} {
 		t.Run(strings.TrimPrefix(how, "--"), func(t *testing.T) {
 			e := newParityEnv(t)

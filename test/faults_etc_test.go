@@ -258,7 +258,9 @@ var faultShape = harness.Shape{Files: 1500, Dirs: 120, Depth: 3, MinSize: 200, M
 
 // SIGKILL during `stage`: the first precomputation of a sizeable /etc with
 // many changes.
-func TestFaultsEtcKillStage(t *testing.T) {
+func TestFaultsEtcKillStage(t *testing.T) { harness.ForEachOracle(t, testFaultsEtcKillStage) }
+
+func testFaultsEtcKillStage(t *testing.T) {
 	f := newFaultEtcEnv(t, faultShape, nil)
 	seed := faultSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 1))
@@ -289,7 +291,9 @@ func TestFaultsEtcKillStage(t *testing.T) {
 
 // SIGKILL during `finalize --pre`, with many edits made after staging for
 // it to apply.
-func TestFaultsEtcKillPre(t *testing.T) {
+func TestFaultsEtcKillPre(t *testing.T) { harness.ForEachOracle(t, testFaultsEtcKillPre) }
+
+func testFaultsEtcKillPre(t *testing.T) {
 	f := newFaultEtcEnv(t, faultShape, nil)
 	seed := faultSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 2))

@@ -1,6 +1,6 @@
 package test
 
-// The whole lifecycle against the real ostree 2022.7, on two identical
+// The whole lifecycle against each oracle (the real ostree 2022.7 and 2025.2), on two identical
 // copies of one booted machine: on A, ostree-prefinalize (stage, edits,
 // finalize --pre, real finalize-staged, finalize --post, next boot,
 // cleanup); on B, ostree alone (the same edits, real finalize-staged, next
@@ -27,7 +27,9 @@ func statusOf(t *testing.T, b *harness.BootedHost) finalize.Status {
 	return st
 }
 
-func TestLifecycleEndToEnd(t *testing.T) {
+func TestLifecycleEndToEnd(t *testing.T) { harness.ForEachOracle(t, testLifecycleEndToEnd) }
+
+func testLifecycleEndToEnd(t *testing.T) {
 	e := newParityEnv(t)
 	ctx := context.Background()
 	tr := harness.NewTree(harness.TreeOptions{Seed: 1})

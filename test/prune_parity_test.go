@@ -355,7 +355,9 @@ func loadBootVersions(t *testing.T, s *harness.Sysroot) (int, int) {
 // (a) A staged update that drops the rollback; plus an orphan commit (pure
 // garbage) and a stale deployment ref under a prefix that regeneration
 // deletes.
-func TestParityDropRollback(t *testing.T) {
+func TestParityDropRollback(t *testing.T) { harness.ForEachOracle(t, testParityDropRollback) }
+
+func testParityDropRollback(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	var orphan string
@@ -373,7 +375,9 @@ func TestParityDropRollback(t *testing.T) {
 
 // (b) A pinned deployment survives finalization even though it is neither
 // booted nor the merge deployment.
-func TestParityPinned(t *testing.T) {
+func TestParityPinned(t *testing.T) { harness.ForEachOracle(t, testParityPinned) }
+
+func testParityPinned(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	var c0 string
@@ -391,7 +395,9 @@ func TestParityPinned(t *testing.T) {
 
 // (c) A second stateroot keeps its deployments (and a stateroot with two
 // deployments keeps both: only the staged one's stateroot is trimmed).
-func TestParitySecondStateroot(t *testing.T) {
+func TestParitySecondStateroot(t *testing.T) { harness.ForEachOracle(t, testParitySecondStateroot) }
+
+func testParitySecondStateroot(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	var o1, o2 string
@@ -416,6 +422,10 @@ func TestParitySecondStateroot(t *testing.T) {
 // (d) Remote refs, a mirror (collection) ref and an extra ref keeping part of
 // the rollback alive.
 func TestParityRemoteAndExtraRefs(t *testing.T) {
+	harness.ForEachOracle(t, testParityRemoteAndExtraRefs)
+}
+
+func testParityRemoteAndExtraRefs(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	var partial, remote, mirror string
@@ -449,7 +459,9 @@ func TestParityRemoteAndExtraRefs(t *testing.T) {
 }
 
 // (e) Objects shared by every commit: a small churn, so most objects stay.
-func TestParitySharedObjects(t *testing.T) {
+func TestParitySharedObjects(t *testing.T) { harness.ForEachOracle(t, testParitySharedObjects) }
+
+func testParitySharedObjects(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e, churn: 0.05}
 	bl.build(t)
@@ -462,7 +474,9 @@ func TestParitySharedObjects(t *testing.T) {
 // (f) Nothing staged: the plan is what `ostree admin cleanup` deletes now;
 // the deployment refs are regenerated under the current prefix (stray refs
 // there beyond the list survive; other prefixes go).
-func TestParityNothingStaged(t *testing.T) {
+func TestParityNothingStaged(t *testing.T) { harness.ForEachOracle(t, testParityNothingStaged) }
+
+func testParityNothingStaged(t *testing.T) {
 	e := newParityEnv(t)
 	t1 := harness.NewTree(harness.TreeOptions{Seed: time.Now().UnixNano()})
 	e.commit("testos/main", t1)
@@ -494,6 +508,10 @@ func TestParityNothingStaged(t *testing.T) {
 // (g) A ref added between planning and execution that reaches planned
 // objects: those objects survive, fsck is clean, the new commit checks out.
 func TestParityRefAddedBeforeExecution(t *testing.T) {
+	harness.ForEachOracle(t, testParityRefAddedBeforeExecution)
+}
+
+func testParityRefAddedBeforeExecution(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	bl.build(t)
@@ -547,7 +565,9 @@ func TestParityRefAddedBeforeExecution(t *testing.T) {
 // Bad input: a missing or corrupt object reachable from a root stops
 // `plan` with exit status 1 and one line naming the object; nothing is
 // listed.
-func TestParityBadInput(t *testing.T) {
+func TestParityBadInput(t *testing.T) { harness.ForEachOracle(t, testParityBadInput) }
+
+func testParityBadInput(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	bl.build(t)
@@ -628,7 +648,9 @@ func TestPlanCommandForms(t *testing.T) {
 
 // Booted into the rollback: the default (pending) deployment above the
 // booted one is dropped, the booted one (also the merge deployment) kept.
-func TestParityBootedRollback(t *testing.T) {
+func TestParityBootedRollback(t *testing.T) { harness.ForEachOracle(t, testParityBootedRollback) }
+
+func testParityBootedRollback(t *testing.T) {
 	e := newParityEnv(t)
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
@@ -653,6 +675,10 @@ func TestParityBootedRollback(t *testing.T) {
 // dropped; the booted stateroot is untouched. With --no-merge the staged
 // state has no merge deployment, and that one goes too.
 func TestParityStageOtherStateroot(t *testing.T) {
+	harness.ForEachOracle(t, testParityStageOtherStateroot)
+}
+
+func testParityStageOtherStateroot(t *testing.T) {
 	for _, noMerge := range []bool{false, true} {
 		t.Run(fmt.Sprintf("no-merge=%v", noMerge), func(t *testing.T) { testStageOtherStateroot(t, noMerge) })
 	}
@@ -701,7 +727,9 @@ func testStageOtherStateroot(t *testing.T, noMerge bool) {
 // Takeover: the staged state rewritten without "merge-deployment" (the
 // merge deployment being the booted one) changes nothing in ostree's
 // retention, and the API predicts the same from the original state.
-func TestParityTakeover(t *testing.T) {
+func TestParityTakeover(t *testing.T) { harness.ForEachOracle(t, testParityTakeover) }
+
+func testParityTakeover(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e}
 	bl.build(t)
@@ -742,6 +770,10 @@ func TestParityTakeover(t *testing.T) {
 // shutdown, the staged deployment is gone after the reboot, and cleanup
 // works from the current list.
 func TestParityLockedFinalization(t *testing.T) {
+	harness.ForEachOracle(t, testParityLockedFinalization)
+}
+
+func testParityLockedFinalization(t *testing.T) {
 	e := newParityEnv(t)
 	bl := &baseline{e: e, stageArgs: []string{"--lock-finalization"}}
 	var orphan string

@@ -362,6 +362,10 @@ func generatedDirs(tr *harness.Tree) []string {
 // is pending and exits 0; the seal and ostree's finalization give exactly
 // ostree's merge.
 func TestWatchEditsReachStagedEtc(t *testing.T) {
+	harness.ForEachOracle(t, testWatchEditsReachStagedEtc)
+}
+
+func testWatchEditsReachStagedEtc(t *testing.T) {
 	w := newWatchEnv(t, watchOptions{seed: 11})
 	p := w.startWatcher()
 	staged := w.staged.EtcDir()

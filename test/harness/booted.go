@@ -107,6 +107,9 @@ type BootedHost struct {
 	RunDir     string
 	opts       BootOptions
 	mnt        string
+	// noFreeze is the nofreeze command when the oracle needs CAP_SYS_ADMIN
+	// kept (Oracle.needsSysAdmin).
+	noFreeze string
 }
 
 // Boot prepares a booted view of deployment d (from Deployments()). It runs
@@ -145,7 +148,11 @@ func (s *Sysroot) Boot(t testing.TB, d Deployment, opts BootOptions) *BootedHost
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return &BootedHost{t: t, Sysroot: s, Deployment: d, RunDir: opts.RunDir, opts: opts, mnt: mnt}
+	b := &BootedHost{t: t, Sysroot: s, Deployment: d, RunDir: opts.RunDir, opts: opts, mnt: mnt}
+	if s.Oracle.needsSysAdmin() {
+		b.noFreeze = noFreezeCommand(t)
+	}
+	return b
 }
 
 // NextBoot boots the default deployment (index 0 of the host's view), with
@@ -203,7 +210,7 @@ mount --rbind /dev "$R/dev" || fail "mounting /dev"
 mount -t proc proc "$R/proc" || fail "mounting /proc"
 mount --bind "$H_RUN" "$R/run" || fail "mounting /run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp" || fail "mounting /tmp"
-mount --rbind /usr "$R/usr" || fail "mounting the host /usr"
+mount --rbind "$H_USR" "$R/usr" || fail "mounting the oracle's /usr $H_USR"
 if [ -d "$R/sys" ]; then
 	mount --rbind /sys "$R/sys" || fail "mounting /sys"
 	mount -o remount,bind,ro,nosuid,nodev,noexec "$R/sys" || fail "remounting /sys read-only"
@@ -278,8 +285,11 @@ func (b *BootedHost) Start(ctx context.Context, argv ...string) (*Proc, error) {
 	args = append(args, argv...)
 
 	prefix := "unshare --mount --propagation private setpriv --bounding-set=-sys_admin"
-	if b.opts.KeepSysAdmin || b.opts.UserNS {
+	switch {
+	case b.opts.KeepSysAdmin || b.opts.UserNS:
 		prefix = "unshare --mount --propagation private"
+	case b.noFreeze != "":
+		prefix = "unshare --mount --propagation private " + b.noFreeze
 	}
 	d := b.Deployment
 	cmd := exec.CommandContext(ctx, "unshare", args...)
@@ -291,6 +301,7 @@ func (b *BootedHost) Start(ctx context.Context, argv ...string) (*Proc, error) {
 		"H_VAR=" + b.Sysroot.VarDir(d.OS),
 		"H_RUN=" + b.RunDir,
 		"H_PREFIX=" + prefix,
+		"H_USR=" + b.Sysroot.Oracle.Usr(),
 	}
 	cmd.WaitDelay = 10 * time.Second
 	// If the test binary dies, unshare dies, and --kill-child takes the

@@ -25,6 +25,9 @@ const DefaultOS = "testos"
 type Options struct {
 	// OS is the first stateroot (default DefaultOS).
 	OS string
+	// Oracle is the ostree whose commands make and change the sysroot
+	// (default OracleOf(t)).
+	Oracle *Oracle
 }
 
 // Sysroot is a throwaway physical sysroot made by the real ostree command
@@ -40,6 +43,9 @@ type Sysroot struct {
 	Repo string
 	// OS is the first stateroot.
 	OS string
+	// Oracle is the ostree that made the sysroot; every ostree command on
+	// it, and the booted namespaces, use it.
+	Oracle Oracle
 	// scratch holds trees being committed; outside Path so CopyTree never
 	// copies it.
 	scratch string
@@ -57,7 +63,11 @@ func NewSysroot(t testing.TB, o Options) *Sysroot {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s := &Sysroot{t: t, Path: dir, Repo: filepath.Join(dir, "ostree", "repo"), OS: o.OS, scratch: t.TempDir()}
+	oracle := OracleOf(t)
+	if o.Oracle != nil {
+		oracle = *o.Oracle
+	}
+	s := &Sysroot{t: t, Path: dir, Repo: filepath.Join(dir, "ostree", "repo"), OS: o.OS, Oracle: oracle, scratch: t.TempDir()}
 	registerImmutableCleanup(t, dir)
 	s.mustRun("ostree", "admin", "init-fs", "--modern", dir)
 	s.InitOS(o.OS)
@@ -77,8 +87,14 @@ func (s *Sysroot) WithT(t testing.TB) *Sysroot {
 // the throwaway sysroot lives on the host's root filesystem, which a freeze
 // would stall for every process on the machine. OSTREE_SYSROOT_OPTS=skip-sync
 // likewise skips ostree's global sync(). Neither changes what ostree writes.
+// It runs DefaultOracle's ostree; Sysroot.RunOstree runs the sysroot's.
 func RunOstree(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	return runCmd(ctx, nil, "ostree", args...)
+	return runCmd(ctx, DefaultOracle(), nil, "ostree", args...)
+}
+
+// RunOstree is the package's RunOstree with the sysroot's oracle.
+func (s *Sysroot) RunOstree(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	return runCmd(ctx, s.Oracle, nil, "ostree", args...)
 }
 
 // ostreeArgv wraps an ostree command line as RunOstree describes.
@@ -97,10 +113,10 @@ func ostreeEnv(extra []string) []string {
 	return append(env, extra...)
 }
 
-func runCmd(ctx context.Context, env []string, name string, args ...string) (string, string, error) {
+func runCmd(ctx context.Context, oracle Oracle, env []string, name string, args ...string) (string, string, error) {
 	argv := append([]string{name}, args...)
 	if name == "ostree" {
-		argv = ostreeArgv(args)
+		argv = oracle.oracleArgv(ostreeArgv(args))
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = ostreeEnv(env)
@@ -145,7 +161,7 @@ func (e *CmdError) ExitCode() int {
 
 func (s *Sysroot) mustRun(name string, args ...string) string {
 	s.t.Helper()
-	out, _, err := runCmd(context.Background(), nil, name, args...)
+	out, _, err := runCmd(context.Background(), s.Oracle, nil, name, args...)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -426,7 +442,7 @@ func (s *Sysroot) VarDir(osname string) string {
 func (s *Sysroot) Copy(t testing.TB) *Sysroot {
 	t.Helper()
 	dst := CopyTree(t, s.Path)
-	return &Sysroot{t: t, Path: dst, Repo: filepath.Join(dst, "ostree", "repo"), OS: s.OS, scratch: t.TempDir()}
+	return &Sysroot{t: t, Path: dst, Repo: filepath.Join(dst, "ostree", "repo"), OS: s.OS, Oracle: s.Oracle, scratch: t.TempDir()}
 }
 
 // CopyTree makes an identical copy of src in a new t.TempDir() and returns

@@ -33,20 +33,24 @@ func FakeSemodule(t testing.TB) []byte {
 	return fakeSemodule.bin
 }
 
-func buildFakeSemodule() ([]byte, error) {
+func buildFakeSemodule() ([]byte, error) { return buildStatic("fakesemodule") }
+
+// buildStatic builds the command in the package directory dir next to this
+// file with CGO_ENABLED=0 and returns its bytes.
+func buildStatic(dir string) ([]byte, error) {
 	// From the source directory when this file's path is known (the test
 	// binary may run anywhere), else (a -trimpath build) by import path
 	// from the working directory, which go test puts inside the module.
-	src, pkg := "", "github.com/ostree-prefinalize/ostree-prefinalize/test/harness/fakesemodule"
+	src, pkg := "", "github.com/ostree-prefinalize/ostree-prefinalize/test/harness/"+dir
 	if _, self, _, ok := runtime.Caller(0); ok && filepath.IsAbs(self) {
-		src, pkg = filepath.Join(filepath.Dir(self), "fakesemodule"), "."
+		src, pkg = filepath.Join(filepath.Dir(self), dir), "."
 	}
-	out, err := os.MkdirTemp("", "harness-fakesemodule-")
+	out, err := os.MkdirTemp("", "harness-"+dir+"-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(out) // the bytes are kept in memory
-	bin := filepath.Join(out, "semodule")
+	bin := filepath.Join(out, dir)
 	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, pkg)
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -275,6 +275,10 @@ func TestParityRandomMix(t *testing.T) {
 // skips them and the etcs must be equal. Our merge with the other
 // choice must disagree with the oracle: the test tells the versions apart.
 func TestParitySpecialInCopiedDir(t *testing.T) {
+	harness.ForEachOracle(t, testParitySpecialInCopiedDir)
+}
+
+func testParitySpecialInCopiedDir(t *testing.T) {
 	e := newParityEnv(t)
 	skip := e.fs.SkipSpecialInDirs
 	const script = `mkdir -p /etc/fdir/sub && echo f > /etc/fdir/f && mkfifo /etc/fdir/sub/p && rm /etc/todir && mkdir /etc/todir && mknod /etc/todir/null c 1 3 && echo in > /etc/todir/inside`

@@ -249,12 +249,17 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		return nil, err
 	}
 	defer unlock()
+	res := &StageResult{Etc: EtcResult{State: store.EtcNone}, Prune: PruneResult{State: store.PruneNone}}
+	if why := bootcComposefsReason(cfg.RunDir); why != "" {
+		cfg.Log.Info("stepping aside", "reason", why)
+		res.Etc.Reason, res.Prune.Reason = why, why
+		return res, nil
+	}
 	snap, err := load(&cfg)
 	if err != nil {
 		return nil, err
 	}
 	sys := snap.sys
-	res := &StageResult{Etc: EtcResult{State: store.EtcNone}, Prune: PruneResult{State: store.PruneNone}}
 	if sys.Staged == nil {
 		if sys.Booted == nil {
 			cfg.Log.Info("nothing staged (not booted into an ostree deployment)")
@@ -401,7 +406,10 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	if orig.Merge != nil {
 		merge = sys.Find(*orig.Merge)
 	}
+	transient := transientEtcReason(cfg.RunDir)
 	switch {
+	case transient != "":
+		r.Reason = transient
 	case orig.Merge == nil:
 		r.Reason = "ostree does no /etc merge for this deployment (no merge deployment)"
 	case merge == nil:

@@ -3,6 +3,7 @@ package finalize
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -20,6 +21,18 @@ type Status struct {
 	Cleanup CleanupStatus      `json:"cleanup"`
 	Watcher WatcherStatus      `json:"watcher"`
 	History []store.Transition `json:"history,omitempty"`
+	// Ostree is the installed ostree and the version-dependent choices
+	// made for it (ostree.Rows).
+	Ostree *OstreeStatus `json:"ostree,omitempty"`
+}
+
+// OstreeStatus: what `ostree --version` says and what we chose from it.
+type OstreeStatus struct {
+	Version string         `json:"version"`
+	Choices ostree.Choices `json:"choices"`
+	// Error: ostree's version could not be read; the choices are then
+	// the oldest behaviour of every row.
+	Error string `json:"error,omitempty"`
 }
 
 type StagedStatus struct {
@@ -86,6 +99,16 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Prune.Reason = s.Etc.Reason
 	case s.Staged != nil && !sameID(snap.state.Staged, idOf(snap.sys.Staged)):
 		s.Etc.Reason = "not precomputed for this staged deployment (stage has not run)"
+	case s.Staged == nil && snap.state.Staged != nil:
+		// /run outlives a soft reboot (ostree 2025.3 prepare-soft-reboot):
+		// the state of the deployment staged before it is stale, and so
+		// it is whenever what it was for is no longer staged.
+		old := snap.state.Staged
+		s.Etc.Reason = fmt.Sprintf("stale runtime state: %s %s.%d is no longer staged", old.OSName, old.Checksum, old.Serial)
+		if b := snap.sys.Booted; b != nil && sameID(old, idOf(b)) {
+			s.Etc.Reason += " but booted (a soft reboot keeps /run)"
+		}
+		s.Prune.Reason = s.Etc.Reason
 	default:
 		st := snap.state
 		if st.EtcState != "" {
@@ -113,6 +136,16 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Cleanup = CleanupStatus{Pending: true, Reason: "persisted plan unreadable: " + err.Error()}
 	}
 	s.Watcher.Running = watcherRunning(cfg.RunDir)
+	if why := bootcComposefsReason(cfg.RunDir); why != "" {
+		s.Etc.Reason, s.Prune.Reason = why, why
+	} else if why := transientEtcReason(cfg.RunDir); why != "" && s.Etc.State == store.EtcNone {
+		s.Etc.Reason = why
+	}
+	ch, err := ostree.InstalledChoices(ctx, cfg.Ostree)
+	s.Ostree = &OstreeStatus{Version: ch.Version, Choices: ch}
+	if err != nil {
+		s.Ostree.Error = err.Error()
+	}
 	return s, nil
 }
 

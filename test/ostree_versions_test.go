@@ -5,11 +5,14 @@ package test
 // what that oracle's version chooses, so that the wrong choice fails.
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -135,5 +138,113 @@ func testStatusReportsOstreeChoices(t *testing.T) {
 	st := statusOf(t, e.base)
 	if st.Ostree == nil || st.Ostree.Error != "" || st.Ostree.Version == "" || st.Ostree.Choices != want {
 		t.Fatalf("status ostree: %+v, want choices %+v", st.Ostree, want)
+	}
+}
+
+// sysrootLayout lists what finalization and deployment removal manage
+// outside the repository: the stateroot's deploy and backing directories
+// (ostree 2024.1 creates backing/CSUM.SERIAL at finalization and removes
+// it with the deployment), the boot directories and loader entries.
+func sysrootLayout(t *testing.T, s *harness.Sysroot) []string {
+	t.Helper()
+	var out []string
+	for _, d := range []string{"ostree/deploy/testos/deploy", "ostree/deploy/testos/backing", "boot/ostree", "boot/loader/entries"} {
+		ents, err := os.ReadDir(filepath.Join(s.Path, d))
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if !strings.HasSuffix(e.Name(), ".origin") {
+				out = append(out, d+"/"+e.Name())
+			}
+		}
+	}
+	return out
+}
+
+func requireSameLayout(t *testing.T, what string, a, b []string) {
+	t.Helper()
+	if strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Fatalf("%s: sysroot layouts differ:\nours:\n  %s\nostree alone:\n  %s", what, strings.Join(a, "\n  "), strings.Join(b, "\n  "))
+	}
+}
+
+// The lifecycle with a soft reboot (ostree 2025.3 prepare-soft-reboot:
+// the next boot keeps /run, so our runtime store from before it is still
+// there), and the sysroot layout beside the objects: on A
+// ostree-prefinalize (stage, seal, finalize-staged, post, soft reboot,
+// cleanup), on B ostree alone. Status after the soft reboot must call the
+// old runtime state stale, cleanup must run as after a reboot, and the
+// deployment and backing directories (2024.1) must be ostree's own at
+// every step.
+func TestLifecycleSoftRebootLayout(t *testing.T) { harness.ForEachOracle(t, testLifecycleSoftRebootLayout) }
+
+func testLifecycleSoftRebootLayout(t *testing.T) {
+	e := newParityEnv(t)
+	ctx := context.Background()
+	tr := harness.NewTree(harness.TreeOptions{Seed: 5})
+	e.commit("testos/main", tr)
+	e.s.Deploy("testos", "testos/main", "root=LABEL=x")
+	tr2, _ := tr.Churn(0.2, 6)
+	e.commit("testos/main", tr2)
+	d := e.s.Deploy("testos", "testos/main", "root=LABEL=x")
+	b := e.boot(d)
+	choices := oracleChoices(t, b)
+	tr3, _ := tr2.Churn(0.2, 7)
+	e.commit("testos/main", tr3)
+	b.MustShell(`echo changed >> /etc/hostname && echo new > /etc/added.conf`)
+	staged := b.Stage("testos/main")
+	ostreeOnly := b.Copy(t)
+	b.MustRun("ostree-prefinalize", "stage")
+	b.MustRun("ostree-prefinalize", "finalize", "--pre")
+	if res, err := b.FinalizeStaged(ctx); err != nil || res.Merged {
+		t.Fatalf("finalize-staged after ours: merged=%v err=%v", res.Merged, err)
+	}
+	b.MustRun("ostree-prefinalize", "finalize", "--post")
+	if res, err := ostreeOnly.FinalizeStaged(ctx); err != nil || !res.Merged {
+		t.Fatalf("finalize-staged alone: merged=%v err=%v", res.Merged, err)
+	}
+	requireSameLayout(t, "after finalization", sysrootLayout(t, e.s), sysrootLayout(t, ostreeOnly.Sysroot))
+	backing := filepath.Join(e.s.Path, "ostree/deploy/testos/backing", staged.Name())
+	if _, err := os.Stat(backing); (err == nil) != choices.DeploymentBacking {
+		t.Fatalf("backing directory of the new deployment: %v, this ostree creates one: %v", err, choices.DeploymentBacking)
+	}
+
+	// The soft reboot: the same run directory, booted into the new deployment.
+	soft := e.opts
+	soft.RunDir = b.RunDir
+	nextA := e.s.NextBoot(t, soft)
+	nextB := ostreeOnly.Sysroot.NextBoot(t, e.opts)
+	if nextA.Deployment.Checksum != staged.Checksum {
+		t.Fatalf("soft reboot booted %s, want the finalized %s", nextA.Deployment.Name(), staged.Name())
+	}
+	st := statusOf(t, nextA)
+	if st.Staged != nil || st.Etc.State != "none" || !strings.Contains(st.Etc.Reason, "stale") || !st.Cleanup.Pending {
+		t.Fatalf("status after the soft reboot: %+v", st)
+	}
+	// The path unit would not fire (nothing staged); a stage run anyway
+	// finds nothing to do and forgets the stale state.
+	nextA.MustRun("ostree-prefinalize", "stage")
+	if st := statusOf(t, nextA); st.Etc.State != "none" || strings.Contains(st.Etc.Reason, "stale") {
+		t.Fatalf("status after stage on the soft-rebooted host: %+v", st.Etc)
+	}
+
+	out := nextA.MustRun("ostree-prefinalize", "cleanup", "--json", "--foreground")
+	var cr finalize.CleanupResult
+	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Objects == 0 {
+		t.Fatalf("cleanup after the soft reboot: %v\n%s", err, out)
+	}
+	requireSameLayout(t, "our cleanup touches no deployment", sysrootLayout(t, e.s), sysrootLayout(t, ostreeOnly.Sysroot))
+	nextA.MustRun("ostree", "fsck")
+	// ostree's own cleanup after ours (what its next operation does)
+	// finds the same layout as ostree alone.
+	nextA.MustRun("ostree", "admin", "cleanup")
+	nextB.MustRun("ostree", "admin", "cleanup")
+	requireSameLayout(t, "after ostree admin cleanup", sysrootLayout(t, e.s), sysrootLayout(t, ostreeOnly.Sysroot))
+	if a, b := parityObjects(t, e.s.Repo), parityObjects(t, ostreeOnly.Sysroot.Repo); len(setMinus(a, b))+len(setMinus(b, a)) > 0 {
+		t.Fatalf("objects differ: extra %v, missing %v", setMinus(a, b), setMinus(b, a))
 	}
 }

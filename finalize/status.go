@@ -90,6 +90,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	if d := snap.sys.Staged; d != nil {
 		s.Staged = &StagedStatus{OSName: d.OSName, Checksum: d.Checksum.String(), Serial: d.Serial, Locked: snap.sys.StagedLocked}
 	}
+	history := false
 	switch {
 	case snap.sys.StagedErr != nil:
 		s.Etc.Reason = "staged state unreadable (ostree's finalization will fail on it too): " + snap.sys.StagedErr.Error()
@@ -109,7 +110,9 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Etc.Reason += " but booted (a soft reboot keeps /run)"
 		}
 		s.Prune.Reason = s.Etc.Reason
+		history = true
 	default:
+		history = true
 		st := snap.state
 		if st.EtcState != "" {
 			s.Etc.State = st.EtcState
@@ -123,6 +126,8 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Prune.State = st.PruneState
 		}
 		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
+	}
+	if history {
 		store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			s.History, _ = tx.History()
 			return nil

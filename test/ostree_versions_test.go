@@ -7,7 +7,9 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -247,4 +249,112 @@ func testLifecycleSoftRebootLayout(t *testing.T) {
 	if a, b := parityObjects(t, e.s.Repo), parityObjects(t, ostreeOnly.Sysroot.Repo); len(setMinus(a, b))+len(setMinus(b, a)) > 0 {
 		t.Fatalf("objects differ: extra %v, missing %v", setMinus(a, b), setMinus(b, a))
 	}
+}
+
+// separateBoot puts the sysroot's boot directory on a filesystem of its
+// own of the given size (a tmpfs: another device than the repository's,
+// with a hard size limit, which is what auto_early_prune_old_deployments
+// checks), keeping its contents.
+func separateBoot(t *testing.T, sysroot, size string) {
+	t.Helper()
+	boot := filepath.Join(sysroot, "boot")
+	save := t.TempDir()
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	run("cp", "-a", boot+"/.", save+"/")
+	ents, err := os.ReadDir(boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(boot, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0755", "tmpfs", boot)
+	t.Cleanup(func() { exec.Command("umount", "-l", boot).Run() })
+	run("cp", "-a", save+"/.", boot+"/")
+}
+
+// Automatic early prune (ostree 2023.3 opt-in, 2023.7 by default): with a
+// separate /boot too small for the new kernel beside the old ones,
+// finalization first writes the deployments whose boot directory survives
+// (dropping the rollback's), then the new list. The final list is the one
+// we predict (auto_early_prune_old_deployments only ever writes a subset
+// of the old deployments before it), so the plan persisted by --post holds
+// and the next-boot cleanup deletes what ostree alone leaves unreachable.
+// ostree 2022.7 has no early prune: its finalization fails for lack of
+// space, with and without us.
+func TestEarlyPruneSmallBoot(t *testing.T) { harness.ForEachOracle(t, testEarlyPruneSmallBoot) }
+
+func testEarlyPruneSmallBoot(t *testing.T) {
+	const mib = 1 << 20
+	kernel := func(n int) string {
+		line := fmt.Sprintf("harness kernel %d\n", n)
+		return strings.Repeat(line, 2*mib/len(line))
+	}
+	// Two 2 MiB kernels on /boot and 1.5 MiB free: the third needs 2 MiB
+	// plus ostree's 1 MiB margin, which only fits once the rollback's
+	// kernel is gone.
+	const bootSize = "5632k"
+	e := newParityEnv(t)
+	ctx := context.Background()
+	for i := 1; i <= 2; i++ {
+		e.commit("testos/main", harness.NewTree(harness.TreeOptions{Seed: int64(10 + i), Kernel: kernel(i)}))
+		e.s.Deploy("testos", "testos/main", "root=LABEL=x")
+	}
+	d := e.s.Deployments()[0]
+	separateBoot(t, e.s.Path, bootSize)
+	b := e.boot(d)
+	choices := oracleChoices(t, b)
+	e.commit("testos/main", harness.NewTree(harness.TreeOptions{Seed: 13, Kernel: kernel(3)}))
+	b.MustShell(`echo changed >> /etc/hostname`)
+	staged := b.Stage("testos/main")
+	ostreeOnly := b.Copy(t)
+	separateBoot(t, ostreeOnly.Sysroot.Path, bootSize)
+	c := b.Copy(t)
+	separateBoot(t, c.Sysroot.Path, bootSize)
+	o := e.opts
+	o.RunDir = c.RunDir
+	o.Env = append(append([]string(nil), o.Env...), "OSTREE_SYSROOT_OPTS=skip-sync,no-early-prune")
+	noEarly := c.Sysroot.Boot(t, d, o)
+
+	b.MustRun("ostree-prefinalize", "stage")
+	b.MustRun("ostree-prefinalize", "finalize", "--pre")
+	resA, errA := b.FinalizeStaged(ctx)
+	resB, errB := ostreeOnly.FinalizeStaged(ctx)
+	if choices.AutoEarlyPrune != ostree.EarlyPruneAlways {
+		if errA == nil || errB == nil || !strings.Contains(resB.Stderr, "No space left on device") || resA.Stderr != resB.Stderr {
+			t.Fatalf("ostree %s has no early prune: finalization should fail for lack of space on /boot, with us (%v) and alone (%v)", choices.Version, errA, errB)
+		}
+		return
+	}
+	if errA != nil || errB != nil {
+		t.Fatalf("finalize-staged: with us %v\n%s\nalone %v\n%s", errA, resA.Stderr, errB, resB.Stderr)
+	}
+	// The early prune is what made it fit: the same finalization with it
+	// turned off (OSTREE_SYSROOT_OPTS=no-early-prune) fails.
+	if res, err := noEarly.FinalizeStaged(ctx); err == nil || !strings.Contains(res.Stderr, "No space left on device") {
+		t.Fatalf("finalize-staged with no-early-prune should fail for lack of space on /boot: %v\n%s", err, res.Stderr)
+	}
+	out := b.MustRun("ostree-prefinalize", "finalize", "--post")
+	if !strings.Contains(out, "Plan persisted") {
+		t.Fatalf("finalize --post after an early prune: %s", out)
+	}
+	requireSameLayout(t, "after finalization with an early prune", sysrootLayout(t, e.s), sysrootLayout(t, ostreeOnly.Sysroot))
+	if ds := e.s.Deployments(); len(ds) != 2 || ds[0].Checksum != staged.Checksum || ds[1].Checksum != d.Checksum {
+		t.Fatalf("deployments after finalization: %+v", ds)
+	}
+	nextA := e.s.NextBoot(t, e.opts)
+	nextB := ostreeOnly.Sysroot.NextBoot(t, e.opts)
+	nextA.MustRun("ostree-prefinalize", "cleanup", "--foreground")
+	nextB.MustRun("ostree", "admin", "cleanup")
+	if a, b := parityObjects(t, e.s.Repo), parityObjects(t, ostreeOnly.Sysroot.Repo); len(setMinus(a, b))+len(setMinus(b, a)) > 0 {
+		t.Fatalf("objects differ: extra %v, missing %v", setMinus(a, b), setMinus(b, a))
+	}
+	nextA.MustRun("ostree", "fsck")
 }

@@ -132,7 +132,9 @@ func TestBootcComposefsStepsAside(t *testing.T) {
 
 // status --json reports the installed ostree's version and the choices
 // made from it (ostree.choices), here those of each oracle.
-func TestStatusReportsOstreeChoices(t *testing.T) { harness.ForEachOracle(t, testStatusReportsOstreeChoices) }
+func TestStatusReportsOstreeChoices(t *testing.T) {
+	harness.ForEachOracle(t, testStatusReportsOstreeChoices)
+}
 
 func testStatusReportsOstreeChoices(t *testing.T) {
 	e := newEtcEnv(t, nil, nil)
@@ -182,7 +184,9 @@ func requireSameLayout(t *testing.T, what string, a, b []string) {
 // old runtime state stale, cleanup must run as after a reboot, and the
 // deployment and backing directories (2024.1) must be ostree's own at
 // every step.
-func TestLifecycleSoftRebootLayout(t *testing.T) { harness.ForEachOracle(t, testLifecycleSoftRebootLayout) }
+func TestLifecycleSoftRebootLayout(t *testing.T) {
+	harness.ForEachOracle(t, testLifecycleSoftRebootLayout)
+}
 
 func testLifecycleSoftRebootLayout(t *testing.T) {
 	e := newParityEnv(t)

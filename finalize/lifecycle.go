@@ -410,6 +410,13 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	switch {
 	case transient != "":
 		r.Reason = transient
+	case stagedDirMissing(sys):
+		// Nothing of ours can help: leave everything to ostree, which
+		// fails (ostree.Choices.MissingDeploymentDirFailsLoad: from 2025.3
+		// at sysroot load, before at finalization). No fallback: it
+		// would find no etc to reset and lock finalization, which ostree
+		// alone does not do.
+		r.State, r.Reason = store.EtcFallback, fmt.Sprintf("the staged deployment's directory %s is missing: ostree's finalization will fail", sys.DeploymentDir(sys.Staged))
 	case orig.Merge == nil:
 		r.Reason = "ostree does no /etc merge for this deployment (no merge deployment)"
 	case merge == nil:
@@ -591,7 +598,9 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 	lost := lostTakeover(ctx, sys, disk)
 	if lost != "" {
 		errs = append(errs, lost)
-	} else {
+	} else if !stagedDirMissing(sys) {
+		// (A missing deployment directory has no etc to reset, and
+		// ostree's finalization fails on it with or without us.)
 		p := pathsOf(sys)
 		// The reset writes the staged etc: marked, so that a kill in the
 		// middle of it makes the next step reset again (the mark is kept

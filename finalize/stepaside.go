@@ -55,3 +55,14 @@ func transientEtcReason(runDir string) string {
 	}
 	return ""
 }
+
+// stagedDirMissing: the staged deployment's directory does not exist
+// (removed after staging). ostree's finalization fails on it; we do
+// nothing that could change how.
+func stagedDirMissing(sys *ostree.Sysroot) bool {
+	if sys.Staged == nil {
+		return false
+	}
+	_, err := os.Lstat(sys.DeploymentDir(sys.Staged))
+	return errors.Is(err, os.ErrNotExist)
+}

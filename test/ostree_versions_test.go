@@ -362,3 +362,58 @@ func testEarlyPruneSmallBoot(t *testing.T) {
 	}
 	nextA.MustRun("ostree", "fsck")
 }
+
+// The staged deployment's directory disappears after staging (removed by
+// hand or by a broken tool). ostree 2025.3 and later fail to load the
+// sysroot at all (_ostree_sysroot_new_deployment_object stats it); older
+// ones fail at finalization. Either way finalization fails: with us it
+// must fail exactly as without us, our stage must not take over (the staged
+// state stays ostree's bytes) and status must still answer.
+func TestMissingStagedDeploymentDir(t *testing.T) {
+	harness.ForEachOracle(t, testMissingStagedDeploymentDir)
+}
+
+func testMissingStagedDeploymentDir(t *testing.T) {
+	e := newEtcEnv(t, nil, nil)
+	ctx := context.Background()
+	ours := e.base.Copy(t)
+	ours.MustShell(`echo edited >> /etc/hosts`)
+	staged := ours.Stage("testos/main")
+	dir := ours.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial)
+	if out, err := exec.Command("chattr", "-i", dir).CombinedOutput(); err != nil {
+		t.Fatalf("chattr: %v\n%s", err, out)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	theirs := ours.Copy(t)
+	before, err := os.ReadFile(ours.StagedPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	choices := oracleChoices(t, ours)
+	if _, stderr, err := ours.Run(ctx, "ostree-prefinalize", "stage", "--json"); err == nil || !strings.Contains(stderr, "is missing: ostree's finalization will fail") {
+		t.Fatalf("stage should fail saying why: %v\n%s", err, stderr)
+	}
+	if after, _ := os.ReadFile(ours.StagedPath()); string(after) != string(before) {
+		t.Fatalf("stage rewrote the staged state of a deployment whose directory is missing")
+	}
+	st := statusOf(t, ours)
+	if st.Etc.Takeover {
+		t.Fatalf("status: %+v", st.Etc)
+	}
+	if _, stderr, err := ours.Run(ctx, "ostree-prefinalize", "finalize", "--pre"); err != nil {
+		t.Fatalf("finalize --pre: %v\n%s", err, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(ours.RunDir, "ostree/staged-deployment-locked")); err == nil {
+		t.Fatal("finalization locked: ostree alone would not lock it")
+	}
+	resA, errA := ours.FinalizeStaged(ctx)
+	resB, errB := theirs.FinalizeStaged(ctx)
+	if errA == nil || errB == nil || resA.Stderr != resB.Stderr {
+		t.Fatalf("finalize-staged must fail alike: with us %v\n%s\nalone %v\n%s", errA, resA.Stderr, errB, resB.Stderr)
+	}
+	if atLoad := strings.Contains(resB.Stderr, "loading sysroot"); atLoad != choices.MissingDeploymentDirFailsLoad {
+		t.Fatalf("ostree %s fails at sysroot load: %v, the table says %v:\n%s", choices.Version, atLoad, choices.MissingDeploymentDirFailsLoad, resB.Stderr)
+	}
+}

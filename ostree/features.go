@@ -159,6 +159,10 @@ type Choices struct {
 	// SoftReboot: `ostree admin prepare-soft-reboot` exists; "next boot"
 	// may keep /run and the kernel.
 	SoftReboot bool `json:"soft_reboot"`
+	// ComposefsAtDeploy: every deployment checked out gets a
+	// .ostree.cfs (composefs image) beside its files. Nothing changes
+	// for us: the files, and the etc ostree merges, are still there.
+	ComposefsAtDeploy bool `json:"composefs_at_deploy"`
 	// MissingDeploymentDirFailsLoad: a deployment named by the staged
 	// state (target or merge) whose directory is missing fails the
 	// sysroot load instead of being a stub.
@@ -190,6 +194,9 @@ var Rows = []Row{
 	{Name: "auto_early_prune", Year: 2023, Minor: 7,
 		Where: "ostree-sysroot-deploy.c ostree_sysroot_write_deployments_with_options (OSTREE_SYSROOT_OPTS=no-early-prune)",
 		set:   func(c *Choices) { c.AutoEarlyPrune = EarlyPruneAlways }},
+	{Name: "composefs_at_deploy", Year: 2023, Minor: 4, Feature: "composefs",
+		Where: "ostree-sysroot-deploy.c checkout_deployment_tree: ostree_repo_checkout_composefs (OSTREE_COMPOSEFS_NAME); before 2024.x only unless the repo config ex-integrity.composefs is false",
+		set:   func(c *Choices) { c.ComposefsAtDeploy = true }},
 	{Name: "deployment_backing", Year: 2024, Minor: 1,
 		Where: "ostree-sysroot-deploy.c sysroot_initialize_deployment_backing; ostree-sysroot-cleanup.c cleanup_old_deployments",
 		set:   func(c *Choices) { c.DeploymentBacking = true }},

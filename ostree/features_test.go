@@ -87,6 +87,16 @@ func TestChoicesFor(t *testing.T) {
 			t.Errorf("%s: 2030.10 gives %v, want %v", name, got, r.new)
 		}
 	}
+	// composefs needs the build feature.
+	if choices("2026.4").ComposefsAtDeploy {
+		t.Error("composefs without the feature")
+	}
+	if v, _ := ParseVersion([]byte("libostree:\n Version: '2023.4'\n Features:\n  - composefs\n")); !ChoicesFor(v).ComposefsAtDeploy {
+		t.Error("2023.4 with composefs")
+	}
+	if v, _ := ParseVersion([]byte("libostree:\n Version: '2023.3'\n Features:\n  - composefs\n")); ChoicesFor(v).ComposefsAtDeploy {
+		t.Error("2023.3 with composefs")
+	}
 	// Without the selinux build feature no version refreshes.
 	v, _ := ParseVersion([]byte("libostree:\n Version: '2025.2'\n Features:\n  - libcurl\n"))
 	if c := ChoicesFor(v); c.SELinuxRefresh != "" || !c.EtcMergeSkipsSpecialInDirs {

@@ -417,3 +417,32 @@ func testMissingStagedDeploymentDir(t *testing.T) {
 		t.Fatalf("ostree %s fails at sysroot load: %v, the table says %v:\n%s", choices.Version, atLoad, choices.MissingDeploymentDirFailsLoad, resB.Stderr)
 	}
 }
+
+// composefs: an ostree built with it (2026.4 here, Debian forky) writes
+// .ostree.cfs into every deployment it checks out; the deployment
+// directory still holds the files, and ostree's merge reads the booted
+// deployment's usr/etc and etc there, as we do. The takeover must give
+// ostree's own etc on such deployments too, with prepare-root.conf
+// enabling composefs (maybe: an ostree built without it, 2022.7 and
+// 2025.2 here, ignores it then, and writes no .ostree.cfs).
+func TestEtcParityComposefs(t *testing.T) { harness.ForEachOracle(t, testEtcParityComposefs) }
+
+func testEtcParityComposefs(t *testing.T) {
+	t1, t2 := etcTrees()
+	for _, tr := range []*harness.Tree{t1, t2} {
+		tr.Set("usr/lib/ostree/prepare-root.conf", harness.Text("[composefs]\nenabled = maybe\n"))
+	}
+	e := newEtcEnv(t, t1, t2)
+	hasCfs := oracleChoices(t, e.base).ComposefsAtDeploy
+	cfs := func(d string) bool {
+		_, err := os.Stat(filepath.Join(d, ".ostree.cfs"))
+		return err == nil
+	}
+	if cfs(e.base.Deployment.Dir) != hasCfs {
+		t.Fatalf("booted deployment: .ostree.cfs %v, this ostree writes one: %v", cfs(e.base.Deployment.Dir), hasCfs)
+	}
+	r := e.run(t, etcRun{before: `echo edited >> /etc/hosts && mkdir /etc/newdir && echo x > /etc/newdir/f`, after: `echo later > /etc/later.conf`, wantTakeover: true})
+	if d := r.ours.Sysroot.DeploymentDir(r.staged.OS, r.staged.Checksum, r.staged.Serial); cfs(d) != hasCfs {
+		t.Fatalf("staged deployment: .ostree.cfs %v, this ostree writes one: %v", cfs(d), hasCfs)
+	}
+}

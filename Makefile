@@ -7,7 +7,14 @@ DESTDIR ?=
 E2E     ?= 1
 FUZZTIME ?= 60s
 FUZZLONG ?= 5m
-DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap
+DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap debootstrap
+# The ostree the tests compare with (test/harness/oracle.go): a Debian suite
+# (bookworm: 2022.7, trixie: 2025.2), a comma-separated list, or all. A
+# suite other than the host's own runs from a root test/roots/build.sh
+# builds once (make deps) under /var/cache/ostree-prefinalize/roots.
+ORACLE  ?= all
+ORACLE_SUITES = $(if $(filter all,$(ORACLE)),bookworm trixie,$(subst $(comma), ,$(ORACLE)))
+comma   := ,
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR  ?= $(PREFIX)/share/man
 BUILDDIR := bin
@@ -28,6 +35,10 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v ostree >/dev/null
+	@host=$$(. /etc/os-release && echo $$VERSION_CODENAME); \
+	for s in $(ORACLE_SUITES); do \
+		[ "$$s" = "$$host" ] || ./test/roots/build.sh $$s || exit 1; \
+	done
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ostree-prefinalize
@@ -36,10 +47,11 @@ vet:
 	$(GO) vet ./...
 
 test: deps build
-	OSTREE_PREFINALIZE_E2E=$(E2E) $(GO) test -count=1 -timeout 40m ./...
+	OSTREE_PREFINALIZE_E2E=$(E2E) OSTREE_PREFINALIZE_ORACLE=$(ORACLE) $(GO) test -count=1 -timeout 80m ./...
 
+# ORACLE=trixie runs it against trixie's ostree (all: the first, bookworm).
 demo: deps build
-	./test/demo.sh
+	OSTREE_PREFINALIZE_ORACLE=$(ORACLE) ./test/demo.sh
 
 # Go benchmarks under test/, prune's synthetic 1M-object plan, then the mock
 # prune against ostree (TestPruneBench: real-file workload, plan vs ostree

@@ -181,9 +181,64 @@ func loadWith(cfg *Config, opts ostree.LoadOptions) (*snapshot, error) {
 	return s, nil
 }
 
-// tookOver reports whether the staged state on disk is our rewrite.
+// tookOver reports whether the staged state on disk is our rewrite: as we
+// wrote it, or as ostree rewrote it since (rewrittenTakeover).
 func (s *snapshot) tookOver() bool {
-	return s.disk != nil && s.takeover != nil && bytes.Equal(s.disk, s.takeover)
+	return s.disk != nil && s.takeover != nil && (bytes.Equal(s.disk, s.takeover) || rewrittenTakeover(s.disk, s.orig, s.takeover))
+}
+
+// rewrittenTakeover reports whether disk is our takeover (ours, made from
+// ostree's orig) as ostree rewrote it whole: `ostree admin
+// lock-finalization [--unlock]` (ostree_sysroot_change_finalization, 2023.8
+// and later; bootc's --download-only and --from-downloaded) reads the staged
+// state, sets "locked" and writes every key back, so the bytes change but
+// there is still no merge deployment: it is still our takeover, and ostree
+// will not merge. The deployment and its boot configuration ("target",
+// "kargs", "overlay-initrds") must be ours byte for byte: a rewrite keeps
+// them, a new staging writes its own.
+func rewrittenTakeover(disk, orig, ours []byte) bool {
+	if disk == nil || orig == nil || ours == nil || !isTakeoverOf(disk, orig) {
+		return false
+	}
+	d, err1 := ostree.DecodeStagedState(disk)
+	o, err2 := ostree.DecodeStagedState(ours)
+	if err1 != nil || err2 != nil || o.Merge != nil {
+		return false
+	}
+	for _, key := range []string{"target", "kargs", "overlay-initrds"} {
+		de, dok := ostree.LookupEntry(d.Entries, key)
+		oe, ook := ostree.LookupEntry(o.Entries, key)
+		if dok != ook || de.Type != oe.Type || !bytes.Equal(de.Value, oe.Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// ostreeStateNow is ostree's staged state as ostree has it now: orig, the
+// bytes recorded before our takeover, with whatever ostree changed when it
+// rewrote our takeover on disk since (StagedState.Reapply: the "locked" of
+// a lock or unlock, any key it added). It is orig when disk is not a
+// takeover of orig, and when the change cannot be reapplied (then it says
+// so in the log).
+func ostreeStateNow(cfg *Config, orig, disk []byte) []byte {
+	if disk == nil || bytes.Equal(disk, orig) || !isTakeoverOf(disk, orig) {
+		return orig
+	}
+	o, err := ostree.DecodeStagedState(orig)
+	if err != nil {
+		return orig
+	}
+	d, err := ostree.DecodeStagedState(disk)
+	if err != nil {
+		return orig
+	}
+	b, err := o.Reapply(d)
+	if err != nil {
+		cfg.Log.Warn("cannot carry ostree's rewrite of the staged state over to its original", "err", err)
+		return orig
+	}
+	return b
 }
 
 // StageResult says what stage did; it is what `stage --json` prints.
@@ -289,10 +344,13 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 	// stage, a re-stage, or ostree's state restored).
 	fresh := true
 	orig := snap.disk
+	// rewritten: the disk holds our takeover as ostree rewrote it (a lock
+	// or unlock of finalization); it stays our takeover, recorded as such.
+	rewritten := false
 	if snap.storeErr != nil {
 		backup, berr := readBackup(cfg.RunDir)
 		if berr == nil && isTakeoverOf(snap.disk, backup) {
-			orig = backup
+			orig = ostreeStateNow(&cfg, backup, snap.disk)
 		} else if lostTakeover(ctx, sys, snap.disk) != "" {
 			// Merging again would keep the takeover of a state we can no
 			// longer restore; going on as if ostree had staged without a
@@ -312,7 +370,10 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 	} else if sameID(snap.state.Staged, id) {
 		switch {
 		case snap.tookOver():
-			orig, fresh = snap.orig, false
+			orig, fresh = ostreeStateNow(&cfg, snap.orig, snap.disk), false
+			if rewritten = !bytes.Equal(snap.disk, snap.takeover); rewritten {
+				cfg.Log.Info("ostree rewrote the staged state around our takeover (finalization locked or unlocked); keeping the takeover")
+			}
 		case snap.orig != nil && bytes.Equal(snap.disk, snap.orig):
 			fresh = false
 		}
@@ -338,6 +399,12 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		st.Staged = id
 		if err := tx.PutBlob(store.BlobOrigStaged, orig); err != nil {
 			return err
+		}
+		if rewritten {
+			if err := tx.PutBlob(blobTakeover, snap.disk); err != nil {
+				return err
+			}
+			snap.orig, snap.takeover = orig, snap.disk
 		}
 		return tx.PutState(st)
 	})
@@ -662,6 +729,9 @@ func restoreStaged(cfg *Config, orig []byte) error {
 	if !isTakeoverOf(disk, orig) {
 		return nil // not our rewrite: leave ostree's file alone
 	}
+	// ostree may have rewritten our takeover since (a lock or unlock of
+	// finalization): what it changed must survive the restore.
+	orig = ostreeStateNow(cfg, orig, disk)
 	if err := replaceStaged(context.Background(), cfg, orig, disk); err != nil {
 		return fmt.Errorf("restoring ostree's staged state: %w", err)
 	}

@@ -20,19 +20,8 @@ type Status struct {
 	Prune   PruneStatus        `json:"prune"`
 	Cleanup CleanupStatus      `json:"cleanup"`
 	Watcher WatcherStatus      `json:"watcher"`
+	Ostree  *OstreeStatus      `json:"ostree,omitempty"`
 	History []store.Transition `json:"history,omitempty"`
-	// Ostree is the installed ostree and the version-dependent choices
-	// made for it (ostree.Rows).
-	Ostree *OstreeStatus `json:"ostree,omitempty"`
-}
-
-// OstreeStatus: what `ostree --version` says and what we chose from it.
-type OstreeStatus struct {
-	Version string         `json:"version"`
-	Choices ostree.Choices `json:"choices"`
-	// Error: ostree's version could not be read; the choices are then
-	// the oldest behaviour of every row.
-	Error string `json:"error,omitempty"`
 }
 
 type StagedStatus struct {
@@ -65,6 +54,31 @@ type CleanupStatus struct {
 	Objects int64  `json:"objects"`
 	Bytes   int64  `json:"bytes"`
 	Reason  string `json:"reason,omitempty"`
+}
+
+// OstreeStatus is the installed ostree (`ostree --version`) and the
+// choices made from it.
+type OstreeStatus struct {
+	Version string `json:"version,omitempty"`
+	// SELinuxRefresh is the semodule option ostree passes when it refreshes
+	// the SELinux policy after its merge, which a takeover runs instead
+	// ("" when this ostree does not refresh); Choices.SELinuxRefresh.
+	SELinuxRefresh string `json:"selinux_refresh"`
+	// Choices are all the version-dependent choices made for this ostree
+	// (the table ostree.Rows); the oldest behaviour of every row when the
+	// version cannot be read.
+	Choices ostree.Choices `json:"choices"`
+	// Error says why the version could not be read.
+	Error string `json:"error,omitempty"`
+}
+
+func ostreeStatus(ctx context.Context, cfg *Config) *OstreeStatus {
+	ch, err := ostree.InstalledChoices(ctx, cfg.Ostree)
+	st := &OstreeStatus{Version: ch.Version, SELinuxRefresh: ch.SELinuxRefresh, Choices: ch}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	return st
 }
 
 type WatcherStatus struct {
@@ -146,11 +160,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	} else if why := transientEtcReason(cfg.RunDir); why != "" && s.Etc.State == store.EtcNone {
 		s.Etc.Reason = why
 	}
-	ch, err := ostree.InstalledChoices(ctx, cfg.Ostree)
-	s.Ostree = &OstreeStatus{Version: ch.Version, Choices: ch}
-	if err != nil {
-		s.Ostree.Error = err.Error()
-	}
+	s.Ostree = ostreeStatus(ctx, &cfg)
 	return s, nil
 }
 

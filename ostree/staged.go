@@ -242,3 +242,66 @@ func (s *StagedState) EncodeTakeover(kargs []string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// Reapply returns ostree's state s as ostree would have it had it made to
+// s the change it made when it rewrote our takeover of s: disk is what is
+// on disk now, a takeover of s (the same target, no "merge-deployment")
+// that ostree rewrote whole, as ostree_sysroot_change_finalization does
+// for `ostree admin lock-finalization [--unlock]` (it reads the file, sets
+// "locked" and writes every key back, possibly in another order). Every
+// key of s keeps its position, with disk's value when disk has it, and is
+// dropped when disk no longer has it; "merge-deployment" stays s's; keys
+// only disk has follow, except the "kargs" EncodeTakeover put in place of
+// the merge deployment when s had none. When nothing changed the result is
+// s's bytes. Unknown keys (newer ostree's "bootconfig-extra", say) survive
+// either way.
+func (s *StagedState) Reapply(disk *StagedState) ([]byte, error) {
+	if s.Merge == nil || disk.Merge != nil || disk.Target != s.Target {
+		return nil, errors.New("staged state: not a takeover of this state")
+	}
+	onDisk := map[string]VariantEntry{}
+	for _, e := range disk.Entries {
+		onDisk[e.Key] = e
+	}
+	out := make([]VariantEntry, 0, len(disk.Entries)+1)
+	seen := map[string]bool{}
+	changed := false
+	for _, e := range s.Entries {
+		seen[e.Key] = true
+		if e.Key == "merge-deployment" {
+			out = append(out, e)
+			continue
+		}
+		d, ok := onDisk[e.Key]
+		if !ok {
+			changed = true
+			continue
+		}
+		if d.Type != e.Type || !bytes.Equal(d.Value, e.Value) {
+			changed = true
+		}
+		out = append(out, d)
+	}
+	for _, d := range disk.Entries {
+		if seen[d.Key] || d.Key == "kargs" && !s.HasKargs {
+			continue
+		}
+		out = append(out, d)
+		changed = true
+	}
+	if !changed {
+		return bytes.Clone(s.Raw), nil
+	}
+	b, err := EncodeVardict(out)
+	if err != nil {
+		return nil, fmt.Errorf("staged state: reapplying ostree's change: %w", err)
+	}
+	chk, err := DecodeStagedState(b)
+	if err != nil {
+		return nil, fmt.Errorf("staged state: reapplying ostree's change: re-reading the result: %w", err)
+	}
+	if chk.Target != s.Target || chk.Merge == nil || *chk.Merge != *s.Merge {
+		return nil, errors.New("staged state: reapplying ostree's change: re-read result differs from the intended change")
+	}
+	return b, nil
+}

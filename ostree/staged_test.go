@@ -299,3 +299,87 @@ func FuzzDecodeStagedState(f *testing.F) {
 		}
 	})
 }
+
+// TestReapply: ostree's rewrite of our takeover (a lock or unlock of
+// finalization sets "locked" and may reorder keys) carries over to
+// ostree's original, unknown keys included; nothing changed gives the
+// original bytes.
+func TestReapply(t *testing.T) {
+	dep := func(name string) []byte {
+		b, err := EncodeVardict([]VariantEntry{
+			{Key: "name", Type: "s", Value: EncodeString(name)},
+			{Key: "osname", Type: "s", Value: EncodeString("os")},
+			{Key: "bootcsum", Type: "s", Value: EncodeString(seedBoot)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	target := VariantEntry{Key: "target", Type: "a{sv}", Value: dep(seedCsum + ".1")}
+	merge := VariantEntry{Key: "merge-deployment", Type: "a{sv}", Value: dep(seedCsum + ".0")}
+	extra, err := EncodeVardict([]VariantEntry{{Key: "x", Type: "s", Value: EncodeString("y")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a{ss} is not a{sv}, but a dictionary entry's value bytes are opaque here
+	bootcfg := VariantEntry{Key: "bootconfig-extra", Type: "a{sv}", Value: extra}
+	locked := VariantEntry{Key: "locked", Type: "b", Value: EncodeBool(true)}
+	unlocked := VariantEntry{Key: "locked", Type: "b", Value: EncodeBool(false)}
+	enc := func(es ...VariantEntry) *StagedState {
+		b, err := EncodeVardict(es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := DecodeStagedState(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	for i, c := range []struct {
+		orig, disk, want []VariantEntry
+	}{
+		// nothing changed: ostree's own bytes
+		{[]VariantEntry{target, merge, bootcfg}, []VariantEntry{target, bootcfg}, []VariantEntry{target, merge, bootcfg}},
+		// lock-finalization: locked added, keys reordered, the kargs of the takeover dropped
+		{[]VariantEntry{target, merge, bootcfg}, []VariantEntry{locked, bootcfg, target, {Key: "kargs", Type: "as", Value: EncodeStrings([]string{"rw"})}}, []VariantEntry{target, merge, bootcfg, locked}},
+		// --unlock of a state staged locked
+		{[]VariantEntry{target, merge, locked, bootcfg}, []VariantEntry{bootcfg, unlocked, target}, []VariantEntry{target, merge, unlocked, bootcfg}},
+		// a key ostree dropped goes
+		{[]VariantEntry{target, merge, bootcfg}, []VariantEntry{target}, []VariantEntry{target, merge}},
+	} {
+		o, d := enc(c.orig...), enc(c.disk...)
+		got, err := o.Reapply(d)
+		if err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		want := enc(c.want...).Raw
+		if !bytes.Equal(got, want) {
+			t.Fatalf("case %d: got %x\nwant %x", i, got, want)
+		}
+		if i == 0 && !bytes.Equal(got, o.Raw) {
+			t.Fatalf("case 0: not the original bytes")
+		}
+		// The takeover of the result keeps the unknown key and the lock.
+		r := enc(c.want...)
+		tk, err := r.EncodeTakeover([]string{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := DecodeStagedState(tk)
+		if err != nil || n.Locked != r.Locked {
+			t.Fatalf("case %d: takeover %+v %v", i, n, err)
+		}
+		if _, ok := LookupEntry(n.Entries, "bootconfig-extra"); !ok && i != 3 {
+			t.Fatalf("case %d: bootconfig-extra lost by the takeover", i)
+		}
+	}
+	// Not a takeover of the original: refused.
+	other := VariantEntry{Key: "target", Type: "a{sv}", Value: dep(seedCsum + ".2")}
+	for _, d := range [][]VariantEntry{{target, merge}, {other}} {
+		if _, err := enc(target, merge).Reapply(enc(d...)); err == nil {
+			t.Fatalf("%v accepted", d)
+		}
+	}
+}

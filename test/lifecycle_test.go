@@ -53,6 +53,15 @@ mkdir -p /etc/newdir/sub && echo x > /etc/newdir/sub/f && ln -s ../added.conf /e
 	if st := statusOf(t, b); st.Staged == nil || st.Etc.State != "none" {
 		t.Fatalf("status before stage: %+v", st)
 	}
+	// status names the oracle's ostree and the choice made from its version.
+	oracle := harness.OracleOf(t)
+	flag := "--rebuild-if-modules-changed"
+	if oracle.AtLeast(2023, 2) {
+		flag = "--refresh"
+	}
+	if o := statusOf(t, b).Ostree; o == nil || o.Version != oracle.Version() || o.SELinuxRefresh != flag {
+		t.Fatalf("status: ostree %+v, want version %s refreshing with %s", o, oracle.Version(), flag)
+	}
 	out := b.MustRun("ostree-prefinalize", "stage", "--json")
 	var sr finalize.StageResult
 	if err := json.Unmarshal([]byte(out), &sr); err != nil {

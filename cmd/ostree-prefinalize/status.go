@@ -137,6 +137,13 @@ func writeStatus(w io.Writer, st *finalize.Status) error {
 	} else {
 		b.WriteString("Watcher:  not running\n")
 	}
+	if o := st.Ostree; o != nil {
+		if o.Version != "" {
+			fmt.Fprintf(&b, "ostree:   %s\n", o.Version)
+		} else {
+			fmt.Fprintf(&b, "ostree:   unknown (%s)\n", o.Error)
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

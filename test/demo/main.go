@@ -161,8 +161,9 @@ func demo(t *harness.Standalone, bin string) {
 	opts := harness.BootOptions{Binds: []harness.Bind{harness.OnPath(bin)}}
 	start := time.Now()
 
-	step("Building a throwaway ostree system with the real ostree command (%s)", t.Base())
-	s := harness.NewSysroot(t, harness.Options{})
+	oracle := harness.DefaultOracle()
+	step("Building a throwaway ostree system with the real ostree command (%s's ostree %s; %s)", oracle.Name, oracle.Version(), t.Base())
+	s := harness.NewSysroot(t, harness.Options{Oracle: &oracle})
 	tr := harness.NewTree(harness.TreeOptions{Seed: 1, Usr: &usrShape, Etc: &etcShape})
 	commit := func(tree *harness.Tree) string {
 		return s.CommitWith("testos/main", tree, harness.CommitOptions{Timestamp: timestamp})

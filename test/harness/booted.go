@@ -108,7 +108,7 @@ type BootedHost struct {
 	opts       BootOptions
 	mnt        string
 	// noFreeze is the nofreeze command when the oracle needs CAP_SYS_ADMIN
-	// kept (Oracle.needsSysAdmin).
+	// kept (Oracle.KeepsSysAdmin).
 	noFreeze string
 }
 
@@ -149,7 +149,7 @@ func (s *Sysroot) Boot(t testing.TB, d Deployment, opts BootOptions) *BootedHost
 		t.Fatal(err)
 	}
 	b := &BootedHost{t: t, Sysroot: s, Deployment: d, RunDir: opts.RunDir, opts: opts, mnt: mnt}
-	if s.Oracle.needsSysAdmin() {
+	if s.Oracle.KeepsSysAdmin() {
 		b.noFreeze = noFreezeCommand(t)
 	}
 	return b

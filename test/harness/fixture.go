@@ -67,6 +67,9 @@ func NewSysroot(t testing.TB, o Options) *Sysroot {
 	if o.Oracle != nil {
 		oracle = *o.Oracle
 	}
+	if err := oracle.check(); err != nil {
+		t.Fatal(err)
+	}
 	s := &Sysroot{t: t, Path: dir, Repo: filepath.Join(dir, "ostree", "repo"), OS: o.OS, Oracle: oracle, scratch: t.TempDir()}
 	registerImmutableCleanup(t, dir)
 	s.mustRun("ostree", "admin", "init-fs", "--modern", dir)
@@ -366,7 +369,10 @@ type Deployment struct {
 	// Booted, Staged, Pending and Rollback are as status marks them (only a
 	// booted view has them).
 	Booted, Staged, Pending, Rollback bool
-	Pinned                            bool
+	// FinalizationLocked: status says "(finalization locked)" instead of
+	// "(staged)" (2023.8 and later).
+	FinalizationLocked bool
+	Pinned             bool
 	// Origin is the origin refspec ("" when none).
 	Origin string
 	// Dir is the deployment directory on the host:
@@ -383,7 +389,7 @@ func (d Deployment) EtcDir() string { return filepath.Join(d.Dir, "etc") }
 // UsrEtcDir is the deployment's usr/etc on the host.
 func (d Deployment) UsrEtcDir() string { return filepath.Join(d.Dir, "usr", "etc") }
 
-var statusLineRE = regexp.MustCompile(`^([* ]) (\S+) ([0-9a-f]{64})\.([0-9]+)(?: \((staged|pending|rollback)\))?$`)
+var statusLineRE = regexp.MustCompile(`^([* ]) (\S+) ([0-9a-f]{64})\.([0-9]+)(?: \((staged|finalization locked|pending|rollback)\))?$`)
 
 // ParseStatus parses `ostree admin status` output; sysroot makes Dir.
 func ParseStatus(out, sysroot string) ([]Deployment, error) {
@@ -395,6 +401,9 @@ func ParseStatus(out, sysroot string) ([]Deployment, error) {
 			switch m[5] {
 			case "staged":
 				d.Staged = true
+			case "finalization locked":
+				// 2023.8 and later mark a locked staged deployment so
+				d.Staged, d.FinalizationLocked = true, true
 			case "pending":
 				d.Pending = true
 			case "rollback":

@@ -84,13 +84,14 @@ func (o Oracle) AtLeast(year, release int) bool {
 	return y > year || y == year && r >= release
 }
 
-// needsSysAdmin: since 2025.1 ostree refuses to change a booted sysroot
+// KeepsSysAdmin reports whether the booted namespace keeps CAP_SYS_ADMIN
+// for this oracle: since 2025.1 ostree refuses to change a booted sysroot
 // unless CAP_SYS_ADMIN is in its bounding set (ot_util_process_privileged),
 // so the booted namespace cannot drop it to make FIFREEZE fail; the nofreeze
 // command's seccomp filter makes that one ioctl fail with EPERM instead
 // (see its doc). A user namespace would not do: ostree could not clear the
 // immutable flag of a deployment it removes.
-func (o Oracle) needsSysAdmin() bool { return o.AtLeast(2025, 1) }
+func (o Oracle) KeepsSysAdmin() bool { return o.AtLeast(2025, 1) }
 
 var noFreeze struct {
 	once sync.Once

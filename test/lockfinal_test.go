@@ -12,10 +12,13 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
@@ -56,52 +59,38 @@ func stagedStateOf(t *testing.T, b *harness.BootedHost) *ostree.StagedState {
 	return st
 }
 
-func TestLockFinalizationAfterTakeover(t *testing.T) {
-	harness.ForEachOracle(t, testLockFinalizationAfterTakeover)
-}
-
-func testLockFinalizationAfterTakeover(t *testing.T) {
-	e := newParityEnv(t)
-	ctx := context.Background()
-	tr := harness.NewTree(harness.TreeOptions{Seed: 7})
+// lockEnv boots a deployment with an /etc edit, stages an update, forks
+// the machine for ostree alone, and has us stage (and take over).
+func lockEnv(t *testing.T, seed int64) (e *parityEnv, b, ostreeOnly *harness.BootedHost, staged harness.Deployment) {
+	t.Helper()
+	e = newParityEnv(t)
+	tr := harness.NewTree(harness.TreeOptions{Seed: seed})
 	e.commit("testos/main", tr)
-	d := e.s.Deploy("testos", "testos/main", "root=LABEL=x")
-	b := e.boot(d)
+	b = e.boot(e.s.Deploy("testos", "testos/main", "root=LABEL=x"))
 	b.MustShell(`echo before >> /etc/hostname`)
-	tr2, _ := tr.Churn(0.2, 8)
+	tr2, _ := tr.Churn(0.2, seed+1)
 	e.commit("testos/main", tr2)
-	b.Stage("testos/main")
-	ostreeOnly := b.Copy(t)
-
+	staged = b.Stage("testos/main")
+	ostreeOnly = b.Copy(t)
 	b.MustRun("ostree-prefinalize", "stage")
 	if st := statusOf(t, b); !st.Etc.Takeover {
-		t.Fatalf("no takeover at staging: %+v", st)
+		t.Fatalf("no takeover at staging: %+v", st.Etc)
 	}
-	setFinalizationLock(t, b, true)
-	b.MustRun("ostree-prefinalize", "stage")
-	st := statusOf(t, b)
-	if !st.Etc.Takeover || st.Etc.State != "precomputed" {
-		t.Fatalf("stage after lock-finalization lost the takeover: %+v", st.Etc)
-	}
-	if s := stagedStateOf(t, b); s.Merge != nil {
-		t.Fatal("the staged state has a merge deployment again after the lock")
-	}
-	setFinalizationLock(t, b, false)
-	b.MustRun("ostree-prefinalize", "stage")
-	if st := statusOf(t, b); !st.Etc.Takeover || st.Etc.State != "precomputed" {
-		t.Fatalf("stage after the unlock lost the takeover: %+v", st.Etc)
-	}
-	edit := `echo x > /etc/new.conf && echo after >> /etc/hostname`
-	b.MustShell(edit)
-	ostreeOnly.MustShell(edit)
+	return e, b, ostreeOnly, staged
+}
 
+// finalizeAndCompareEtc seals, finalizes both machines and compares the
+// new deployments' /etc: ours (taken over, ostree does not merge) must be
+// ostree's own merge.
+func finalizeAndCompareEtc(t *testing.T, e *parityEnv, b, ostreeOnly *harness.BootedHost) {
+	t.Helper()
+	ctx := context.Background()
 	b.MustRun("ostree-prefinalize", "finalize", "--pre")
-	res, err := b.FinalizeStaged(ctx)
-	if err != nil {
-		t.Fatalf("finalize-staged: %v", err)
+	if st := statusOf(t, b); !st.Etc.Takeover || st.Etc.State != "sealed" {
+		t.Fatalf("after the seal: %+v", st.Etc)
 	}
-	if res.Merged {
-		t.Fatalf("ostree merged although we took over:\n%s", res.Stdout)
+	if res, err := b.FinalizeStaged(ctx); err != nil || res.Merged {
+		t.Fatalf("finalize-staged: merged=%v err=%v\n%s", res.Merged, err, res.Stdout)
 	}
 	if ores, err := ostreeOnly.FinalizeStaged(ctx); err != nil || !ores.Merged {
 		t.Fatalf("ostree-only finalize: merged=%v err=%v", ores.Merged, err)
@@ -116,6 +105,67 @@ func testLockFinalizationAfterTakeover(t *testing.T) {
 	}
 }
 
+func TestLockFinalizationAfterTakeover(t *testing.T) {
+	harness.ForEachOracle(t, testLockFinalizationAfterTakeover)
+}
+
+func testLockFinalizationAfterTakeover(t *testing.T) {
+	e, b, ostreeOnly, _ := lockEnv(t, 7)
+	setFinalizationLock(t, b, true)
+	b.MustRun("ostree-prefinalize", "stage")
+	if st := statusOf(t, b); !st.Etc.Takeover || st.Etc.State != "precomputed" {
+		t.Fatalf("stage after lock-finalization lost the takeover: %+v", st.Etc)
+	}
+	if s := stagedStateOf(t, b); s.Merge != nil {
+		t.Fatal("the staged state has a merge deployment again after the lock")
+	}
+	setFinalizationLock(t, b, false)
+	b.MustRun("ostree-prefinalize", "stage")
+	if st := statusOf(t, b); !st.Etc.Takeover || st.Etc.State != "precomputed" {
+		t.Fatalf("stage after the unlock lost the takeover: %+v", st.Etc)
+	}
+	edit := `echo x > /etc/new.conf && echo after >> /etc/hostname`
+	b.MustShell(edit)
+	ostreeOnly.MustShell(edit)
+	finalizeAndCompareEtc(t, e, b, ostreeOnly)
+}
+
+// TestLockFinalizationWatching: the same with the watcher running, as on a
+// host (it sees the rewrite and restages in-process): it keeps the takeover
+// and keeps applying /etc edits.
+func TestLockFinalizationWatching(t *testing.T) {
+	harness.ForEachOracle(t, testLockFinalizationWatching)
+}
+
+func testLockFinalizationWatching(t *testing.T) {
+	e, b, ostreeOnly, staged := lockEnv(t, 11)
+	p, err := b.Start(context.Background(), "ostree-prefinalize", "watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, "the watcher running", 30*time.Second, func() (bool, string) {
+		st := statusOf(t, b)
+		return st.Watcher.Running, fmt.Sprintf("%+v", st.Watcher)
+	})
+	setFinalizationLock(t, b, true)
+	setFinalizationLock(t, b, false)
+	edit := `echo x > /etc/new.conf`
+	b.MustShell(edit)
+	ostreeOnly.MustShell(edit)
+	newConf := filepath.Join(b.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial), "etc/new.conf")
+	pollUntil(t, "the watcher applying an edit made after the unlock", 30*time.Second, func() (bool, string) {
+		_, err := os.Stat(newConf)
+		return err == nil, fmt.Sprintf("%v; status %+v", err, statusOf(t, b).Etc)
+	})
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.Wait(); err != nil {
+		t.Fatalf("watcher: %v", err)
+	}
+	finalizeAndCompareEtc(t, e, b, ostreeOnly)
+}
+
 // TestLockFinalizationRestore: when we give the takeover back (here
 // stage --no-takeover), ostree's state goes back with what ostree changed
 // since: a lock made after our takeover stays locked, and unknown keys stay.
@@ -124,24 +174,11 @@ func TestLockFinalizationRestore(t *testing.T) {
 }
 
 func testLockFinalizationRestore(t *testing.T) {
-	e := newParityEnv(t)
-	tr := harness.NewTree(harness.TreeOptions{Seed: 9})
-	e.commit("testos/main", tr)
-	d := e.s.Deploy("testos", "testos/main", "root=LABEL=x")
-	b := e.boot(d)
-	b.MustShell(`echo before >> /etc/hostname`)
-	tr2, _ := tr.Churn(0.2, 10)
-	e.commit("testos/main", tr2)
-	b.Stage("testos/main")
-	orig := stagedStateOf(t, b)
-	b.MustRun("ostree-prefinalize", "stage")
-	if s := stagedStateOf(t, b); s.Merge != nil {
-		t.Fatal("no takeover")
-	}
+	_, b, _, staged := lockEnv(t, 9)
 	setFinalizationLock(t, b, true)
 	b.MustRun("ostree-prefinalize", "stage", "--no-takeover")
 	s := stagedStateOf(t, b)
-	if s.Merge == nil || *s.Merge != *orig.Merge || s.Target != orig.Target {
+	if s.Merge == nil || s.Merge.Name() != b.Deployment.Name() || s.Target.Name() != staged.Name() {
 		t.Fatalf("ostree's merge deployment not restored: merge %+v target %+v", s.Merge, s.Target)
 	}
 	if b.Sysroot.Oracle.AtLeast(2023, 8) && !s.Locked {

@@ -32,7 +32,7 @@ type Bind struct {
 	// (directory or empty file, with parents) before mounting, which writes
 	// wherever Dst resolves: under /tmp that is the per-run tmpfs, under
 	// /run the test's run directory, under /etc the deployment's etc. Dst
-	// may not be under /usr (that is the host's /usr).
+	// may not be under /usr (that is the oracle's /usr).
 	Dst string
 	// ReadOnly remounts the bind read-only.
 	ReadOnly bool
@@ -58,7 +58,9 @@ type BootOptions struct {
 	// KeepSysAdmin keeps CAP_SYS_ADMIN for the command. By default it is
 	// dropped from the bounding set so that ostree's FIFREEZE of /boot (the
 	// host's root filesystem here) fails with EPERM and falls back to
-	// syncfs, as RunOstree explains.
+	// syncfs, as RunOstree explains. For an oracle that refuses to run
+	// without it (Oracle.KeepsSysAdmin) it is kept, and the nofreeze
+	// command's seccomp filter makes FIFREEZE fail with EPERM instead.
 	KeepSysAdmin bool
 	// UserNS starts the namespace's unshare in a new user namespace that
 	// maps the whole uid and gid range onto itself, and keeps CAP_SYS_ADMIN
@@ -88,7 +90,8 @@ type BootOptions struct {
 //	/boot        <sysroot>/boot
 //	/var         the stateroot's var, <sysroot>/ostree/deploy/OS/var
 //	/etc         the deployment's own etc (what tests edit)
-//	/usr         the host's /usr (so ostree and our binary run); ostree still reads the
+//	/usr         the oracle's /usr (Oracle.Usr: the host's, or a Debian root's), so
+//	             the oracle's ostree and our binary run; ostree still reads the
 //	             deployment's usr/etc through /sysroot/ostree/deploy/... paths
 //	/run         RunDir, with the ostree-booted marker
 //	/tmp         a tmpfs per run; BinDir in it holds a systemctl stub (exit 0)
@@ -132,7 +135,7 @@ func (s *Sysroot) Boot(t testing.TB, d Deployment, opts BootOptions) *BootedHost
 	}
 	for _, b := range opts.Binds {
 		if !strings.HasPrefix(b.Dst, "/") || b.Dst == "/usr" || strings.HasPrefix(filepath.Clean(b.Dst), "/usr/") {
-			t.Fatalf("bind destination %q: must be absolute and not under /usr (the host's)", b.Dst)
+			t.Fatalf("bind destination %q: must be absolute and not under /usr (the oracle's)", b.Dst)
 		}
 		if _, err := os.Stat(b.Src); err != nil {
 			t.Fatalf("bind source: %v", err)

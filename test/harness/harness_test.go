@@ -103,7 +103,7 @@ func TestWorldStatus(t *testing.T) {
 
 func hostUsr(t *testing.T) string {
 	var st syscall.Stat_t
-	if err := syscall.Stat("/usr", &st); err != nil {
+	if err := syscall.Stat(OracleOf(t).Usr(), &st); err != nil {
 		t.Fatal(err)
 	}
 	return strconv.FormatUint(st.Dev, 10) + ":" + strconv.FormatUint(st.Ino, 10)
@@ -146,7 +146,7 @@ func TestBootedLifecycle(t *testing.T) {
 		test -x ` + BinDir + `/systemctl && systemctl start ostree-finalize-staged.service
 		stat -c %d:%i / /ostree/deploy/testos/deploy/` + w.d3.Name() + `
 		cat /etc/hostname
-		test "$(stat -c %d:%i /usr)" = "` + hostUsr(t) + `"   # the host /usr is over the deployment's
+		test "$(stat -c %d:%i /usr)" = "` + hostUsr(t) + `"   # the oracle's /usr is over the deployment's
 		test -e /sysroot/ostree/deploy/testos/deploy/` + w.d3.Name() + `/usr/etc/hostname
 		grep -q ' /proc proc ' /proc/self/mounts
 		echo pid=$$`)

@@ -107,6 +107,14 @@ type FS struct {
 	//     baseline (or falls back and resets), so nothing is trusted that
 	//     was not written in this boot's page cache.
 	Syncfs func(f *os.File) error
+
+	// SkipSpecialInDirs is not a filesystem function but the merge's one
+	// version-dependent choice (ostree.Choices.EtcMergeSkipsSpecialInDirs,
+	// set by the lifecycle from the installed ostree): a fifo, socket or
+	// device inside a directory that the merge copies whole is skipped, as
+	// copy_dir_recurse does from ostree 2024.2, instead of failing with
+	// ErrNotCopyable as 2022.7 does. false (the zero value) is 2022.7.
+	SkipSpecialInDirs bool
 }
 
 // SyncEtc makes the staged etc durable: one Syncfs on its filesystem. The

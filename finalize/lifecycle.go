@@ -52,6 +52,10 @@ type Config struct {
 	ImageGC bool
 	// Progress, if set, is told how far a long plan or deletion is.
 	Progress func(done, total int)
+	// Choices are the installed ostree's version-dependent behaviours
+	// (ostree.Rows); nil means: read `Ostree --version` once per command
+	// (resolveChoices).
+	Choices *ostree.Choices
 	// BootedDevIno, for tests only, is taken as the device and inode of
 	// "/" (ostree.LoadOptions.BootedDevIno): the lifecycle then runs on a
 	// sysroot "booted" into that deployment from outside its namespace.
@@ -81,6 +85,23 @@ func (c *Config) defaults() {
 	if c.LockTimeout == 0 {
 		c.LockTimeout = 30 * time.Second
 	}
+}
+
+// resolveChoices reads the installed ostree's version-dependent choices
+// (once: Watch resolves them before its loop) and hands the merge its own
+// (FS.SkipSpecialInDirs). An ostree whose version cannot be read gets the
+// oldest behaviour of every row, which is doing less: a merge that fails
+// where a newer ostree would skip an entry falls back to ostree's merge.
+func (c *Config) resolveChoices(ctx context.Context) ostree.Choices {
+	if c.Choices == nil {
+		ch, err := ostree.InstalledChoices(ctx, c.Ostree)
+		if err != nil {
+			c.Log.Warn("assuming the oldest ostree behaviours", "err", err)
+		}
+		c.Choices = &ch
+	}
+	c.FS.SkipSpecialInDirs = c.Choices.EtcMergeSkipsSpecialInDirs
+	return *c.Choices
 }
 
 // ErrNotBooted: the lifecycle needs a booted ostree system (the staged
@@ -270,6 +291,7 @@ type PruneResult struct {
 // reported as an error after falling back to ostree's own state.
 func Stage(ctx context.Context, cfg Config) (res *StageResult, err error) {
 	cfg.defaults()
+	cfg.resolveChoices(ctx)
 	// Stage writes the staged etc and, on a fallback, resets it: on a host
 	// whose /sysroot is mounted read-only it does so, as ostree does, from
 	// a private mount namespace with a read-write remount.
@@ -290,12 +312,17 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		return nil, err
 	}
 	defer unlock()
+	res := &StageResult{Etc: EtcResult{State: store.EtcNone}, Prune: PruneResult{State: store.PruneNone}}
+	if why := bootcComposefsReason(cfg.RunDir); why != "" {
+		cfg.Log.Info("stepping aside", "reason", why)
+		res.Etc.Reason, res.Prune.Reason = why, why
+		return res, nil
+	}
 	snap, err := load(&cfg)
 	if err != nil {
 		return nil, err
 	}
 	sys := snap.sys
-	res := &StageResult{Etc: EtcResult{State: store.EtcNone}, Prune: PruneResult{State: store.PruneNone}}
 	if sys.Staged == nil {
 		if sys.Booted == nil {
 			cfg.Log.Info("nothing staged (not booted into an ostree deployment)")
@@ -458,7 +485,17 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	if orig.Merge != nil {
 		merge = sys.Find(*orig.Merge)
 	}
+	transient := transientEtcReason(cfg.RunDir)
 	switch {
+	case transient != "":
+		r.Reason = transient
+	case stagedDirMissing(sys):
+		// Nothing of ours can help: leave everything to ostree, which
+		// fails (ostree.Choices.MissingDeploymentDirFailsLoad: from 2025.3
+		// at sysroot load, before at finalization). No fallback: it
+		// would find no etc to reset and lock finalization, which ostree
+		// alone does not do.
+		r.State, r.Reason = store.EtcFallback, fmt.Sprintf("the staged deployment's directory %s is missing: ostree's finalization will fail", sys.DeploymentDir(sys.Staged))
 	case orig.Merge == nil:
 		r.Reason = "ostree does no /etc merge for this deployment (no merge deployment)"
 	case merge == nil:
@@ -644,7 +681,9 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 	lost := lostTakeover(ctx, sys, disk)
 	if lost != "" {
 		errs = append(errs, lost)
-	} else {
+	} else if !stagedDirMissing(sys) {
+		// (A missing deployment directory has no etc to reset, and
+		// ostree's finalization fails on it with or without us.)
 		p := pathsOf(sys)
 		// The reset writes the staged etc: marked, so that a kill in the
 		// middle of it makes the next step reset again (the mark is kept

@@ -70,7 +70,7 @@ func Merge(ctx context.Context, fs FS, orig, modified, newEtc string) (Report, e
 
 	// Preflight: the desired state of the whole tree, computed against
 	// newEtc as it is now, fails exactly where ostree's merge would.
-	pl := &planner{ctx: ctx, orig: o, modified: mo, base: t.tree}
+	pl := &planner{ctx: ctx, orig: o, modified: mo, base: t.tree, skipSpecial: fs.SkipSpecialInDirs}
 	if _, err := pl.plan("", false); err != nil {
 		return rep, err
 	}
@@ -242,6 +242,13 @@ func (m *porter) copyDirRecurse(parent *os.File, name, p string) error {
 			if err := m.copyDirRecurse(d, n, c); err != nil {
 				return err
 			}
+			continue
+		}
+		if m.t.fs.SkipSpecialInDirs && !isReg(&st) && !isLnk(&st) {
+			// ostree 2024.2: "Ignoring non-regular/non-symlink file
+			// found during /etc merge" (the directory is new: nothing
+			// to unlink).
+			m.rep.Ignored = append(m.rep.Ignored, c)
 			continue
 		}
 		if err := copyEntry(m.t.fs, m.modified, c, &st, d, n, true); err != nil {

@@ -388,3 +388,51 @@ func TestMergeFaultInjection(t *testing.T) {
 		}
 	}
 }
+
+// From ostree 2024.2 (FS.SkipSpecialInDirs) copy_dir_recurse skips fifos,
+// sockets and devices instead of failing: the full merge and the per-path
+// merge both leave them out and copy the rest of the directory.
+func TestMergeSpecialInDirSkipped(t *testing.T) {
+	requireRoot(t)
+	tr := newTrio(t)
+	mkdir(t, tr.modified, "d", 0755)
+	mkfile(t, tr.modified, "d/f", "f\n", 0644, 0, 0)
+	mkfifo(t, tr.modified, "d/p")
+	mkdir(t, tr.modified, "d/sub", 0750)
+	if err := unix.Mknod(filepath.Join(tr.modified, "d/sub/sock"), unix.S_IFSOCK|0644, 0); err != nil {
+		t.Fatal(err)
+	}
+	mkfile(t, tr.modified, "d/sub/g", "g\n", 0600, 0, 0)
+	fs := RealFS()
+	fs.SkipSpecialInDirs = true
+	n := tr.freshNew(t)
+	rep, err := Merge(context.Background(), fs, tr.orig, tr.modified, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ostree lists an added directory's entries too, so each is ignored
+	// twice: inside copy_dir_recurse, then as an added path of its own.
+	if strings.Join(rep.Ignored, " ") != "d/p d/sub/sock d/p d/sub/sock" {
+		t.Errorf("ignored %q", rep.Ignored)
+	}
+	for _, p := range []string{"d/p", "d/sub/sock"} {
+		if _, err := os.Lstat(filepath.Join(n, p)); !os.IsNotExist(err) {
+			t.Errorf("%s copied: %v", p, err)
+		}
+	}
+	for _, p := range []string{"d/f", "d/sub/g"} {
+		if _, err := os.Lstat(filepath.Join(n, p)); err != nil {
+			t.Errorf("%s not copied: %v", p, err)
+		}
+	}
+	full := snapTree(t, n, snapOpts{})
+	n2 := tr.freshNew(t)
+	if _, err := MergePaths(context.Background(), fs, tr.orig, tr.modified, n2, tr.defaults, []string{""}); err != nil {
+		t.Fatal(err)
+	}
+	requireSameTree(t, "per-path merge vs full merge", snapTree(t, n2, snapOpts{}), full)
+	// Without the choice (2022.7) the same trees fail, as before.
+	if _, err := MergePaths(context.Background(), RealFS(), tr.orig, tr.modified, tr.freshNew(t), tr.defaults, []string{"d"}); !errors.Is(err, ErrNotCopyable) {
+		t.Fatalf("2022.7 MergePaths: want ErrNotCopyable, got %v", err)
+	}
+}

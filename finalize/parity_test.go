@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -88,6 +89,9 @@ with newline" && echo bin > "$(printf '/etc/bad\377utf8')"`},
 
 type parityEnv struct {
 	base *harness.BootedHost
+	// fs is RealFS with the merge's version-dependent choice of the
+	// ostree that the booted host runs (the oracle).
+	fs finalize.FS
 }
 
 func newParityEnv(t *testing.T) *parityEnv {
@@ -97,7 +101,27 @@ func newParityEnv(t *testing.T) *parityEnv {
 	s.CommitWith("testos/main", t1, harness.CommitOptions{Timestamp: fixedTime})
 	d := s.Deploy("testos", "testos/main")
 	s.CommitWith("testos/main", t2, harness.CommitOptions{Timestamp: "2024-01-03 03:04:05 +0000"})
-	return &parityEnv{base: s.Boot(t, d, harness.BootOptions{})}
+	e := &parityEnv{base: s.Boot(t, d, harness.BootOptions{})}
+	e.fs = oracleFS(t, e.base)
+	return e
+}
+
+// oracleChoices are the version-dependent choices of the ostree that runs
+// in the booted host (whichever oracle the harness binds).
+func oracleChoices(t *testing.T, b *harness.BootedHost) ostree.Choices {
+	t.Helper()
+	v, err := ostree.ParseVersion([]byte(b.MustShell("ostree --version")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("oracle: ostree %s", v.Raw)
+	return ostree.ChoicesFor(v)
+}
+
+func oracleFS(t *testing.T, b *harness.BootedHost) finalize.FS {
+	fs := finalize.RealFS()
+	fs.SkipSpecialInDirs = oracleChoices(t, b).EtcMergeSkipsSpecialInDirs
+	return fs
 }
 
 // run forks the booted machine, applies before, stages, forks again; the
@@ -107,6 +131,10 @@ func newParityEnv(t *testing.T) *parityEnv {
 //
 //lint:ignore ST1008 the errors are results compared with each other (ostree's and ours), not a failure of run
 func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]finalize.Node) {
+	return e.runWith(t, e.fs, before, after)
+}
+
+func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]finalize.Node) {
 	ctx := context.Background()
 	fork := e.base.Copy(t)
 	if before != "" {
@@ -117,7 +145,7 @@ func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr e
 	myStaged := mine.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial)
 	orig, modified, newEtc, defaults := mine.Deployment.UsrEtcDir(), mine.EtcDir(), myStaged+"/etc", myStaged+"/usr/etc"
 
-	rep, ourErr := finalize.Merge(ctx, finalize.RealFS(), orig, modified, newEtc)
+	rep, ourErr := finalize.Merge(ctx, fs, orig, modified, newEtc)
 	var bl *finalize.Baseline
 	if ourErr == nil {
 		var err error
@@ -133,7 +161,7 @@ func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr e
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, ourErr = finalize.MergePaths(ctx, finalize.RealFS(), orig, modified, newEtc, defaults, changed)
+			_, ourErr = finalize.MergePaths(ctx, fs, orig, modified, newEtc, defaults, changed)
 		}
 	}
 	res, ostreeErr := fork.FinalizeStaged(ctx)
@@ -241,16 +269,52 @@ func TestParityRandomMix(t *testing.T) {
 	}
 }
 
-// A fifo inside a directory that the merge copies whole: libglnx's
-// "Cannot copy non-regular/non-symlink file" fails ostree's finalization,
-// and our merge fails with ErrNotCopyable.
-func TestParityFifoInAddedDir(t *testing.T) {
+// A fifo or a device inside a directory that the merge copies whole
+// (added, or replacing a file), before and after staging: ostree 2022.7
+// fails its finalization on libglnx's "Cannot copy
+// non-regular/non-symlink file" and our merge fails with ErrNotCopyable;
+// from 2024.2 (ostree.Choices.EtcMergeSkipsSpecialInDirs) copy_dir_recurse
+// skips them and the etcs must be equal. Our merge with the other
+// choice must disagree with the oracle: the test tells the versions apart.
+func TestParitySpecialInCopiedDir(t *testing.T) {
+	harness.ForEachOracle(t, testParitySpecialInCopiedDir)
+}
+
+func testParitySpecialInCopiedDir(t *testing.T) {
 	e := newParityEnv(t)
-	oe, we, _, _ := e.run(t, `mkdir /etc/fdir && echo f > /etc/fdir/f && mkfifo /etc/fdir/p`, "")
-	if oe == nil || !strings.Contains(oe.Error(), "Cannot copy non-regular/non-symlink file") {
-		t.Fatalf("ostree should fail copying the fifo, got %v", oe)
-	}
-	if !errors.Is(we, finalize.ErrNotCopyable) {
-		t.Fatalf("ours: want ErrNotCopyable, got %v", we)
+	skip := e.fs.SkipSpecialInDirs
+	const script = `mkdir -p /etc/fdir/sub && echo f > /etc/fdir/f && mkfifo /etc/fdir/sub/p && rm /etc/todir && mkdir /etc/todir && mknod /etc/todir/null c 1 3 && echo in > /etc/todir/inside`
+	for _, when := range []string{"before", "after"} {
+		t.Run(when, func(t *testing.T) {
+			before, after := script, ""
+			if when == "after" {
+				before, after = "", script
+			}
+			oe, we, theirs, ours := e.run(t, before, after)
+			if !skip {
+				if oe == nil || !strings.Contains(oe.Error(), "Cannot copy non-regular/non-symlink file") {
+					t.Fatalf("ostree should fail copying the fifo, got %v", oe)
+				}
+				if !errors.Is(we, finalize.ErrNotCopyable) {
+					t.Fatalf("ours: want ErrNotCopyable, got %v", we)
+				}
+			} else {
+				if oe != nil || we != nil {
+					t.Fatalf("ostree: %v\nours: %v", oe, we)
+				}
+				requireSame(t, theirs, ours)
+				for _, p := range []string{"fdir/f", "todir/inside"} {
+					if _, ok := theirs[p]; !ok {
+						t.Fatalf("ostree did not copy %s", p)
+					}
+				}
+			}
+			wrong := e.fs
+			wrong.SkipSpecialInDirs = !skip
+			oe, we, theirs, ours = e.runWith(t, wrong, before, after)
+			if (oe == nil) == (we == nil) && (oe != nil || len(finalize.DiffSnapshots(theirs, ours)) == 0) {
+				t.Fatalf("the wrong choice (skip=%v) agrees with ostree: ostree %v, ours %v", !skip, oe, we)
+			}
+		})
 	}
 }

@@ -61,6 +61,8 @@ type planner struct {
 	orig     *tree
 	modified *tree
 	base     *tree // the state the merge starts from: new defaults (or newEtc for a preflight)
+	// skipSpecial: FS.SkipSpecialInDirs.
+	skipSpecial bool
 }
 
 type ent struct {
@@ -323,7 +325,7 @@ func (pl *planner) checkCopyable(root *tree, p string) error {
 			if err := pl.checkCopyable(root, c); err != nil {
 				return err
 			}
-		case e.ok && !isReg(&e.st) && !isLnk(&e.st):
+		case e.ok && !isReg(&e.st) && !isLnk(&e.st) && !pl.skipSpecial:
 			return fmt.Errorf("copying %s: %w", root.name(c), ErrNotCopyable)
 		}
 	}
@@ -373,7 +375,7 @@ func MergePaths(ctx context.Context, fs FS, orig, modified, newEtc, defaults str
 	}
 	defer closeTrees(trees)
 	trees[1].users = true
-	pl := &planner{ctx: ctx, orig: trees[0], modified: trees[1], base: trees[2]}
+	pl := &planner{ctx: ctx, orig: trees[0], modified: trees[1], base: trees[2], skipSpecial: fs.SkipSpecialInDirs}
 	var regions []string
 	for _, p := range roots {
 		r, err := pl.region(p)
@@ -705,6 +707,11 @@ func (ap *applier) syncCopy(p string, src *tree) error {
 		return ap.setDirAttr(p, a)
 	}
 	if !isReg(&s) && !isLnk(&s) {
+		if ap.t.fs.SkipSpecialInDirs {
+			// copy_dir_recurse (2024.2) skips it in the directory it
+			// creates afresh: nothing is there.
+			return ap.ensureAbsent(p)
+		}
 		return fmt.Errorf("copying %s: %w", src.name(p), ErrNotCopyable)
 	}
 	same, err := ap.sameAsSource(p, src, &s)

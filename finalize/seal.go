@@ -29,6 +29,7 @@ import (
 // deployment it does nothing (and says why in the error).
 func Refresh(ctx context.Context, cfg Config, paths []string) (n int, err error) {
 	cfg.defaults()
+	cfg.resolveChoices(ctx)
 	werr := withWritableSysroot(cfg.Sysroot, func() error {
 		n, err = refreshLocked(ctx, cfg, paths)
 		return nil
@@ -244,6 +245,7 @@ type PreResult struct {
 // possible (then finalization is locked).
 func Pre(ctx context.Context, cfg Config) (res *PreResult, err error) {
 	cfg.defaults()
+	cfg.resolveChoices(ctx)
 	werr := withWritableSysroot(cfg.Sysroot, func() error {
 		res, err = pre(ctx, cfg)
 		return nil

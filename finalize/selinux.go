@@ -6,7 +6,8 @@ package finalize
 // sysroot_finalize_selinux_policy): in a bwrap sandbox made of the
 // deployment's usr, etc and var (run_in_deployment) it runs `semodule
 // --help`, and when the help mentions the option, `semodule -N
-// --rebuild-if-modules-changed` (`--refresh` from 2023.2). A staged state
+// --rebuild-if-modules-changed` (`--refresh` from 2023.2; the choice is a
+// row of ostree.Rows). A staged state
 // without merge-deployment skips both the merge and the refresh, so when we
 // take over the merge we run the refresh ourselves, the same way, right
 // after our merge: the policy is then built from the same merged etc ostree
@@ -20,7 +21,6 @@ package finalize
 // falls back, and ostree merges and refreshes as it always did.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -28,8 +28,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
 
 // Policy refresh outcomes, recorded in the store (State.Policy) and shown
@@ -88,70 +89,16 @@ type ostreeRefresh struct {
 	version string
 }
 
-// policyRefreshOf reads `ostree --version`: the version decides the
-// option, the feature list whether ostree was built with SELinux at all.
+// policyRefreshOf reads `ostree --version`: the table of version-dependent
+// choices (ostree.Rows, row selinux_refresh) decides the option from the
+// version, and the feature list whether ostree was built with SELinux at all.
 func policyRefreshOf(ctx context.Context, ostreeCmd string) (ostreeRefresh, error) {
-	out, err := exec.CommandContext(ctx, ostreeCmd, "--version").Output()
+	v, err := ostree.InstalledVersion(ctx, ostreeCmd)
 	if err != nil {
-		return ostreeRefresh{}, fmt.Errorf("%w: cannot tell how ostree refreshes the policy: %s --version: %v", ErrPolicy, ostreeCmd, err)
+		return ostreeRefresh{}, fmt.Errorf("%w: cannot tell how ostree refreshes the policy: %v", ErrPolicy, err)
 	}
-	return parseOstreeVersion(out)
-}
-
-// parseOstreeVersion reads ostree's --version output (a YAML document:
-// "libostree:", " Version: '2022.7'", " Features:", "  - selinux", ...).
-func parseOstreeVersion(out []byte) (ostreeRefresh, error) {
-	var version string
-	selinux := false
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if v, ok := strings.CutPrefix(line, "Version:"); ok {
-			version = strings.Trim(strings.TrimSpace(v), `'"`)
-		}
-		if line == "- selinux" {
-			selinux = true
-		}
-	}
-	year, minor, ok := splitVersion(version)
-	if !ok {
-		return ostreeRefresh{}, fmt.Errorf("%w: cannot tell how ostree refreshes the policy: no version in ostree --version (%q)", ErrPolicy, firstLine(out))
-	}
-	r := ostreeRefresh{version: version}
-	switch {
-	case !selinux:
-	case year < 2022 || (year == 2022 && minor < 3):
-		// sysroot_finalize_selinux_policy arrived in 2022.3.
-	case year < 2023 || (year == 2023 && minor < 2):
-		r.flag = "--rebuild-if-modules-changed"
-	default:
-		r.flag = "--refresh"
-	}
-	return r, nil
-}
-
-func splitVersion(v string) (year, minor int, ok bool) {
-	ys, ms, found := strings.Cut(v, ".")
-	if !found {
-		return 0, 0, false
-	}
-	if i := strings.IndexFunc(ms, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
-		ms = ms[:i]
-	}
-	y, err1 := strconv.Atoi(ys)
-	m, err2 := strconv.Atoi(ms)
-	if err1 != nil || err2 != nil || y < 2000 {
-		return 0, 0, false
-	}
-	return y, m, true
-}
-
-func firstLine(b []byte) string {
-	s, _, _ := strings.Cut(string(b), "\n")
-	if len(s) > 80 {
-		s = s[:80]
-	}
-	return s
+	c := ostree.ChoicesFor(v)
+	return ostreeRefresh{flag: c.SELinuxRefresh, version: c.Version}, nil
 }
 
 // refreshPolicy does what ostree's finalization does after its merge, in

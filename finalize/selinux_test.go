@@ -11,41 +11,6 @@ import (
 	"testing"
 )
 
-func TestParseOstreeVersion(t *testing.T) {
-	const features = " Features:\n  - libcurl\n  - selinux\n  - systemd\n"
-	for _, c := range []struct {
-		name, out, flag string
-		fails           bool
-	}{
-		// `ostree --version` of the Debian package this project tests with.
-		{"2022.7", "libostree:\n Version: '2022.7'\n" + features, "--rebuild-if-modules-changed", false},
-		{"2022.3 first with the refresh", "libostree:\n Version: '2022.3'\n" + features, "--rebuild-if-modules-changed", false},
-		{"2022.2 before the refresh", "libostree:\n Version: '2022.2'\n" + features, "", false},
-		{"2021.6", "libostree:\n Version: '2021.6'\n" + features, "", false},
-		{"2023.1", "libostree:\n Version: '2023.1'\n" + features, "--rebuild-if-modules-changed", false},
-		{"2023.2 --refresh", "libostree:\n Version: '2023.2'\n" + features, "--refresh", false},
-		{"2025.7", "libostree:\n Version: '2025.7'\n Git: abc\n" + features, "--refresh", false},
-		{"unquoted", "libostree:\n Version: 2024.1\n" + features, "--refresh", false},
-		{"without selinux", "libostree:\n Version: '2022.7'\n Features:\n  - libcurl\n  - selinux-extra\n", "", false},
-		{"no version", "libostree:\n Features:\n  - selinux\n", "", true},
-		{"garbage version", "libostree:\n Version: 'x.y'\n" + features, "", true},
-		{"empty", "", "", true},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			r, err := parseOstreeVersion([]byte(c.out))
-			if c.fails {
-				if err == nil || !errors.Is(err, ErrPolicy) {
-					t.Fatalf("want an ErrPolicy error, got %+v, %v", r, err)
-				}
-				return
-			}
-			if err != nil || r.flag != c.flag {
-				t.Fatalf("got %+v, %v; want flag %q", r, err, c.flag)
-			}
-		})
-	}
-}
-
 func TestPolicyInput(t *testing.T) {
 	yes := []string{"", "/", "selinux", "selinux/config", "selinux/targeted/active/modules/400/x/cil",
 		"passwd", "group", "nsswitch.conf", "login.defs", "default", "default/useradd", "libuser.conf",
@@ -202,24 +167,4 @@ func TestRefreshPolicyNoBwrap(t *testing.T) {
 	if _, err := refreshPolicy(context.Background(), cfg, d); err == nil || !errors.Is(err, ErrPolicy) {
 		t.Fatalf("want an ErrPolicy when ostree cannot say its version, got %v", err)
 	}
-}
-
-// FuzzParseOstreeVersion: any output of `ostree --version` gives a known
-// option or an ErrPolicy error, never a guess.
-func FuzzParseOstreeVersion(f *testing.F) {
-	f.Add([]byte("libostree:\n Version: '2023.8'\n Features:\n  - selinux\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseOstreeVersion(b)
-		if err != nil {
-			if !errors.Is(err, ErrPolicy) {
-				t.Fatalf("error without ErrPolicy: %v", err)
-			}
-			return
-		}
-		switch r.flag {
-		case "", "--rebuild-if-modules-changed", "--refresh":
-		default:
-			t.Fatalf("flag %q", r.flag)
-		}
-	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -67,18 +68,23 @@ type OstreeStatus struct {
 	Version string `json:"version,omitempty"`
 	// SELinuxRefresh is the semodule option ostree passes when it refreshes
 	// the SELinux policy after its merge, which a takeover runs instead
-	// ("" when this ostree does not refresh).
+	// ("" when this ostree does not refresh); Choices.SELinuxRefresh.
 	SELinuxRefresh string `json:"selinux_refresh"`
+	// Choices are all the version-dependent choices made for this ostree
+	// (the table ostree.Rows); the oldest behaviour of every row when the
+	// version cannot be read.
+	Choices ostree.Choices `json:"choices"`
 	// Error says why the version could not be read.
 	Error string `json:"error,omitempty"`
 }
 
 func ostreeStatus(ctx context.Context, cfg *Config) *OstreeStatus {
-	r, err := policyRefreshOf(ctx, cfg.Ostree)
+	ch, err := ostree.InstalledChoices(ctx, cfg.Ostree)
+	st := &OstreeStatus{Version: ch.Version, SELinuxRefresh: ch.SELinuxRefresh, Choices: ch}
 	if err != nil {
-		return &OstreeStatus{Error: err.Error()}
+		st.Error = err.Error()
 	}
-	return &OstreeStatus{Version: r.version, SELinuxRefresh: r.flag}
+	return st
 }
 
 type WatcherStatus struct {
@@ -109,6 +115,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	if d := snap.sys.Staged; d != nil {
 		s.Staged = &StagedStatus{OSName: d.OSName, Checksum: d.Checksum.String(), Serial: d.Serial, Locked: snap.sys.StagedLocked}
 	}
+	history := false
 	switch {
 	case snap.sys.StagedErr != nil:
 		s.Etc.Reason = "staged state unreadable (ostree's finalization will fail on it too): " + snap.sys.StagedErr.Error()
@@ -118,7 +125,19 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Prune.Reason = s.Etc.Reason
 	case s.Staged != nil && !sameID(snap.state.Staged, idOf(snap.sys.Staged)):
 		s.Etc.Reason = "not precomputed for this staged deployment (stage has not run)"
+	case s.Staged == nil && snap.state.Staged != nil:
+		// /run outlives a soft reboot (ostree 2025.3 prepare-soft-reboot):
+		// the state of the deployment staged before it is stale, and so
+		// it is whenever what it was for is no longer staged.
+		old := snap.state.Staged
+		s.Etc.Reason = fmt.Sprintf("stale runtime state: %s %s.%d is no longer staged", old.OSName, old.Checksum, old.Serial)
+		if b := snap.sys.Booted; b != nil && sameID(old, idOf(b)) {
+			s.Etc.Reason += " but booted (a soft reboot keeps /run)"
+		}
+		s.Prune.Reason = s.Etc.Reason
+		history = true
 	default:
+		history = true
 		st := snap.state
 		if st.EtcState != "" {
 			s.Etc.State = st.EtcState
@@ -132,6 +151,8 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Prune.State = st.PruneState
 		}
 		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
+	}
+	if history {
 		// The history is an extra: status must answer without it (a
 		// store unreadable is reported in the reasons above).
 		_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
@@ -155,6 +176,11 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	s.Watcher.Running = watcherRunning(cfg.RunDir)
 	if s.Watcher.Running {
 		s.Watcher.Mode, s.Watcher.Reason = readWatcherMode(cfg.RunDir)
+	}
+	if why := bootcComposefsReason(cfg.RunDir); why != "" {
+		s.Etc.Reason, s.Prune.Reason = why, why
+	} else if why := transientEtcReason(cfg.RunDir); why != "" && s.Etc.State == store.EtcNone {
+		s.Etc.Reason = why
 	}
 	s.Ostree = ostreeStatus(ctx, &cfg)
 	return s, nil

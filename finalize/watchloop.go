@@ -43,6 +43,7 @@ type WatchOptions struct {
 // ends (SIGTERM) it applies what is pending and returns nil.
 func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 	cfg.defaults()
+	cfg.resolveChoices(ctx)
 	if o.Poll <= 0 {
 		o.Poll = time.Second
 	}

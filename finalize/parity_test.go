@@ -134,6 +134,7 @@ func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr e
 	return e.runWith(t, e.fs, before, after)
 }
 
+//lint:ignore ST1008 as run: the errors are results compared with each other
 func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]finalize.Node) {
 	ctx := context.Background()
 	fork := e.base.Copy(t)

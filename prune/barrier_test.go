@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune/prunetest"
 )
 
 // barrierRepo writes the graph's objects as empty loose files of a bare
@@ -61,7 +61,7 @@ func barrierRepo(t *testing.T, g *graph, tombstones bool) (*RepoDeleter, *barrie
 	real := d.FS
 	d.FS = DeleterFS{
 		Unlink: func(fd int, dir, name string) error {
-			l.add("unlink " + dir + "/" + name) // logged when issued
+			l.Unlink(dir, name)
 			return real.Unlink(fd, dir, name)
 		},
 		FsyncDir: func(fd int, dir string) error {
@@ -69,82 +69,33 @@ func barrierRepo(t *testing.T, g *graph, tombstones bool) (*RepoDeleter, *barrie
 			if l.fsyncErr != nil {
 				err = l.fsyncErr(dir)
 			}
-			l.add(fmt.Sprintf("fsync %s %v", dir, err)) // logged once complete
+			l.Fsync(dir, err)
 			return err
 		},
 		Syncfs: func(fd int) error {
 			err := real.Syncfs(fd)
-			l.add(fmt.Sprintf("syncfs %v", err))
+			l.Syncfs(err)
 			return err
 		},
 	}
 	return d, l
 }
 
-// barrierLog records the deleter's system calls in the order they were
-// issued (unlinks) or completed (fsync, syncfs).
+// barrierLog is a prunetest.BarrierLog whose directory fsyncs can be made
+// to fail.
 type barrierLog struct {
-	mu       sync.Mutex
-	lines    []string
+	prunetest.BarrierLog
 	fsyncErr func(dir string) error // replaces a successful fsync's result
 }
 
-func (l *barrierLog) add(s string) {
-	l.mu.Lock()
-	l.lines = append(l.lines, s)
-	l.mu.Unlock()
-}
-
-// group is the ordering class of an unlinked name: commits, their
-// .commitmeta and .commitpartial (0), dirtrees (1), the rest (2).
-func group(name string) int {
-	switch {
-	case strings.HasSuffix(name, ".commit"), strings.HasSuffix(name, ".commitmeta"), strings.HasSuffix(name, ".commitpartial"):
-		return 0
-	case strings.HasSuffix(name, ".dirtree"):
-		return 1
-	}
-	return 2
-}
-
-// check replays the log as a power loss sees it: an unlink is durable once
-// a fsync of its directory (or a syncfs) completed after it. No unlink of a
-// later group may be issued while one of an earlier group is not durable,
-// and with final, nothing may be left non-durable. It returns how many
-// syncfs calls the log has.
-func (l *barrierLog) check(t *testing.T, final bool) (syncfs int) {
+// check is BarrierLog.Check, failing t.
+func (l *barrierLog) check(t *testing.T, final bool) int {
 	t.Helper()
-	pending := map[string][]string{} // dir → unlinked names not yet durable
-	for i, line := range l.lines {
-		f := strings.Fields(line)
-		switch f[0] {
-		case "unlink":
-			dir, name := filepath.Split(f[1])
-			dir = strings.TrimSuffix(dir, "/")
-			for d, names := range pending {
-				for _, n := range names {
-					if group(n) < group(name) {
-						t.Fatalf("line %d: %s issued while the unlink of %s/%s is not durable (no completed fsync of %s since)\n%s",
-							i, line, d, n, d, strings.Join(l.lines[:i+1], "\n"))
-					}
-				}
-			}
-			pending[dir] = append(pending[dir], name)
-		case "fsync":
-			if f[2] == "<nil>" {
-				delete(pending, f[1])
-			}
-		case "syncfs":
-			syncfs++
-			if f[1] == "<nil>" {
-				clear(pending)
-			}
-		}
+	n, err := l.Check(final)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if final && len(pending) > 0 {
-		t.Fatalf("Execute returned with unlinks not durable: %v\n%s", pending, strings.Join(l.lines, "\n"))
-	}
-	return syncfs
+	return n
 }
 
 // The real deleter on a real directory: every phase's unlinks are durable
@@ -159,12 +110,12 @@ func TestRepoDeleterBarrierOrder(t *testing.T) {
 			t.Fatalf("%s: %+v %v", name, res, err)
 		}
 		if n := l.check(t, true); n != 0 {
-			t.Fatalf("%s: %d syncfs calls on a filesystem that fsyncs directories\n%s", name, n, strings.Join(l.lines, "\n"))
+			t.Fatalf("%s: %d syncfs calls on a filesystem that fsyncs directories\n%s", name, n, l.String())
 		}
 		// A second barrier with nothing changed since does nothing.
-		n := len(l.lines)
-		if err := d.Sync(); err != nil || len(l.lines) != n {
-			t.Fatalf("%s: idle Sync: %v, calls %v", name, err, l.lines[n:])
+		n := len(l.Lines)
+		if err := d.Sync(); err != nil || len(l.Lines) != n {
+			t.Fatalf("%s: idle Sync: %v, calls %v", name, err, l.Lines[n:])
 		}
 	}
 	g, c := depth0Repo()
@@ -207,10 +158,10 @@ func TestRepoDeleterBarrierAfterKill(t *testing.T) {
 		if e.Type != ostree.ObjCommit {
 			continue
 		}
-		i := slicesIndex(l.lines, "fsync objects/"+s[:2]+" <nil>")
-		j := slicesIndexPrefix(l.lines, "unlink objects/", ".dirtree")
+		i := slicesIndex(l.Lines, "fsync objects/"+s[:2]+" <nil>")
+		j := slicesIndexPrefix(l.Lines, "unlink objects/", ".dirtree")
 		if i < 0 || j < 0 || i > j {
-			t.Fatalf("objects/%s (a commit gone before this run) not fsynced before the first dirtree unlink\n%s", s[:2], strings.Join(l.lines, "\n"))
+			t.Fatalf("objects/%s (a commit gone before this run) not fsynced before the first dirtree unlink\n%s", s[:2], l.String())
 		}
 	}
 }
@@ -268,16 +219,16 @@ func TestRepoDeleterBarrierFallback(t *testing.T) {
 			// Three barriers (after commits, dirtrees, content), each one
 			// syncfs; a directory fsync is tried at the first only.
 			fsyncs := 0
-			for i, line := range l.lines {
+			for i, line := range l.Lines {
 				if strings.HasPrefix(line, "fsync ") {
 					fsyncs++
-					if slicesIndex(l.lines[:i], "syncfs <nil>") >= 0 {
-						t.Fatalf("directory fsync tried again after the fallback\n%s", strings.Join(l.lines, "\n"))
+					if slicesIndex(l.Lines[:i], "syncfs <nil>") >= 0 {
+						t.Fatalf("directory fsync tried again after the fallback\n%s", l.String())
 					}
 				}
 			}
 			if syncfs != 3 || fsyncs == 0 {
-				t.Fatalf("fsync %v: %d syncfs, %d fsyncs\n%s", tc.errno, syncfs, fsyncs, strings.Join(l.lines, "\n"))
+				t.Fatalf("fsync %v: %d syncfs, %d fsyncs\n%s", tc.errno, syncfs, fsyncs, l.String())
 			}
 		})
 	}

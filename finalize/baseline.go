@@ -32,24 +32,35 @@ type Baseline struct {
 // no symlink followed.
 func Scan(ctx context.Context, etc string) (*Baseline, error) {
 	b := &Baseline{}
-	if err := scanDir(ctx, etc, "", func(e Entry) { b.Entries = append(b.Entries, e) }); err != nil {
+	if err := scanTree(ctx, etc, func(e Entry) { b.Entries = append(b.Entries, e) }); err != nil {
 		return nil, err
 	}
 	sort.Slice(b.Entries, func(i, j int) bool { return b.Entries[i].Path < b.Entries[j].Path })
 	return b, nil
 }
 
-func scanDir(ctx context.Context, root, rel string, fn func(Entry)) error {
+// scanTree opens etc once and walks it below that fd (see tree): a
+// directory swapped for a symlink during the walk is not followed.
+func scanTree(ctx context.Context, etc string, fn func(Entry)) error {
+	t, err := openTree(etc)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return scanDir(ctx, t, "", fn)
+}
+
+func scanDir(ctx context.Context, t *tree, rel string, fn func(Entry)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	names, err := readNames(root, rel)
+	names, err := t.readNames(rel)
 	if err != nil {
 		return err
 	}
 	for _, n := range names {
 		p := joinRel(rel, n)
-		st, ok, err := lstatAt(root, p)
+		st, ok, err := t.stat(p)
 		if err != nil {
 			return err
 		}
@@ -58,7 +69,7 @@ func scanDir(ctx context.Context, root, rel string, fn func(Entry)) error {
 		}
 		fn(entryOf(p, &st))
 		if isDir(&st) {
-			if err := scanDir(ctx, root, p, fn); err != nil {
+			if err := scanDir(ctx, t, p, fn); err != nil {
 				return err
 			}
 		}
@@ -82,7 +93,7 @@ func (b *Baseline) Changed(ctx context.Context, etc string) ([]string, error) {
 	}
 	seen := make(map[string]bool, len(b.Entries))
 	var out []string
-	err := scanDir(ctx, etc, "", func(e Entry) {
+	err := scanTree(ctx, etc, func(e Entry) {
 		seen[e.Path] = true
 		if o, ok := old[e.Path]; !ok || *o != e {
 			out = append(out, e.Path)
@@ -112,7 +123,7 @@ func (b *Baseline) Rescan(ctx context.Context, etc string) (*Baseline, []string,
 	nb := &Baseline{Entries: make([]Entry, 0, len(b.Entries))}
 	seen := 0
 	var out []string
-	err := scanDir(ctx, etc, "", func(e Entry) {
+	err := scanTree(ctx, etc, func(e Entry) {
 		nb.Entries = append(nb.Entries, e)
 		o, ok := old[e.Path]
 		if ok {

@@ -63,7 +63,7 @@ func snapTree(t testing.TB, root string, o snapOpts) map[string]node {
 				t.Fatalf("snapshot lstat %s: %v", fp, err)
 			}
 			n := node{Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid}
-			xs, err := readXattrs(fp)
+			xs, err := pathXattrs(fp)
 			if err != nil {
 				t.Fatalf("snapshot xattrs %s: %v", fp, err)
 			}
@@ -161,4 +161,15 @@ func copyTree(t testing.TB, src, dst string) {
 	if err != nil {
 		t.Fatalf("cp -a %s %s: %v\n%s", src, dst, err, out)
 	}
+}
+
+// pathXattrs reads the xattrs of path itself (a symlink is not followed).
+func pathXattrs(path string) ([]Xattr, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	e := &entry{f: os.NewFile(uintptr(fd), path)}
+	defer e.Close()
+	return e.xattrs()
 }

@@ -3,12 +3,9 @@ package finalize
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"sort"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,34 +42,47 @@ func (c *Changes) Message() string {
 // when both sides are directories. Fifos, sockets and devices compare on
 // mode and owner only (ostree's checksum has no rdev). Symlinks are never
 // followed.
+//
+// orig and modified are opened once; everything below them is read
+// through their fds, no symlink followed (see tree).
 func Diff(ctx context.Context, orig, modified string) (*Changes, error) {
+	a, err := openTree(orig)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	b, err := openTree(modified)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
 	c := &Changes{}
-	if err := diffDir(ctx, orig, modified, "", c); err != nil {
+	if err := diffDir(ctx, a, b, "", c); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func diffDir(ctx context.Context, a, b, rel string, c *Changes) error {
+func diffDir(ctx context.Context, a, b *tree, rel string, c *Changes) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	namesA, err := readNames(a, rel)
+	namesA, err := a.readNames(rel)
 	if err != nil {
 		return err
 	}
 	for _, name := range namesA {
 		p := joinRel(rel, name)
-		sa, okA, err := lstatAt(a, p)
+		sa, okA, err := a.stat(p)
 		if err != nil {
 			return err
 		}
 		if !okA {
 			// Vanished between readdir and lstat: GIO's enumerator would
 			// have failed the same way.
-			return fmt.Errorf("%s: %w", filepath.Join(a, p), os.ErrNotExist)
+			return fmt.Errorf("%s: %w", a.name(p), os.ErrNotExist)
 		}
-		sb, okB, err := lstatAt(b, p)
+		sb, okB, err := b.stat(p)
 		if err != nil {
 			return err
 		}
@@ -97,25 +107,25 @@ func diffDir(ctx context.Context, a, b, rel string, c *Changes) error {
 			}
 		}
 	}
-	namesB, err := readNames(b, rel)
+	namesB, err := b.readNames(rel)
 	if err != nil {
 		return err
 	}
 	for _, name := range namesB {
 		p := joinRel(rel, name)
-		_, okA, err := lstatAt(a, p)
+		_, okA, err := a.stat(p)
 		if err != nil {
 			return err
 		}
 		if okA {
 			continue
 		}
-		sb, okB, err := lstatAt(b, p)
+		sb, okB, err := b.stat(p)
 		if err != nil {
 			return err
 		}
 		if !okB {
-			return fmt.Errorf("%s: %w", filepath.Join(b, p), os.ErrNotExist)
+			return fmt.Errorf("%s: %w", b.name(p), os.ErrNotExist)
 		}
 		c.Added = append(c.Added, p)
 		if sb.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -127,22 +137,22 @@ func diffDir(ctx context.Context, a, b, rel string, c *Changes) error {
 	return nil
 }
 
-func addRecurse(ctx context.Context, b, rel string, c *Changes) error {
+func addRecurse(ctx context.Context, b *tree, rel string, c *Changes) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	names, err := readNames(b, rel)
+	names, err := b.readNames(rel)
 	if err != nil {
 		return err
 	}
 	for _, name := range names {
 		p := joinRel(rel, name)
-		st, ok, err := lstatAt(b, p)
+		st, ok, err := b.stat(p)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("%s: %w", filepath.Join(b, p), os.ErrNotExist)
+			return fmt.Errorf("%s: %w", b.name(p), os.ErrNotExist)
 		}
 		c.Added = append(c.Added, p)
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -156,8 +166,9 @@ func addRecurse(ctx context.Context, b, rel string, c *Changes) error {
 
 // sameEntry is the equality of ostree's file checksums without xattrs:
 // the header (uid, gid, mode, symlink target) and, for regular files, the
-// content. Callers have checked that the types are equal.
-func sameEntry(a, b, rel string, sa, sb *unix.Stat_t) (bool, error) {
+// content. Callers have checked that the types are equal. It only
+// compares: a copy reads what it copies from its own opened fd.
+func sameEntry(a, b *tree, rel string, sa, sb *unix.Stat_t) (bool, error) {
 	if sa.Mode != sb.Mode || sa.Uid != sb.Uid || sa.Gid != sb.Gid {
 		return false, nil
 	}
@@ -166,13 +177,13 @@ func sameEntry(a, b, rel string, sa, sb *unix.Stat_t) (bool, error) {
 		if sa.Size != sb.Size {
 			return false, nil
 		}
-		return sameContent(filepath.Join(a, rel), filepath.Join(b, rel))
+		return sameContent(a, b, rel)
 	case unix.S_IFLNK:
-		ta, err := os.Readlink(filepath.Join(a, rel))
+		ta, err := a.readlink(rel)
 		if err != nil {
 			return false, err
 		}
-		tb, err := os.Readlink(filepath.Join(b, rel))
+		tb, err := b.readlink(rel)
 		if err != nil {
 			return false, err
 		}
@@ -181,25 +192,36 @@ func sameEntry(a, b, rel string, sa, sb *unix.Stat_t) (bool, error) {
 	return true, nil
 }
 
-func openNoFollow(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+// openReader opens rel of t for reading: O_PATH without following, fstat,
+// then a reopen of that inode; anything but a regular file is ErrUnsafe
+// (a fifo or a device is never opened for I/O).
+func (t *tree) openReader(rel string) (*os.File, error) {
+	e, ok, err := t.open(rel)
 	if err != nil {
 		return nil, err
 	}
-	return f, nil
+	if !ok {
+		return nil, &os.PathError{Op: "open", Path: t.name(rel), Err: os.ErrNotExist}
+	}
+	defer e.Close()
+	return e.reader()
 }
 
-func sameContent(pa, pb string) (bool, error) {
-	fa, err := openNoFollow(pa)
+func sameContent(a, b *tree, rel string) (bool, error) {
+	fa, err := a.openReader(rel)
 	if err != nil {
 		return false, err
 	}
 	defer fa.Close()
-	fb, err := openNoFollow(pb)
+	fb, err := b.openReader(rel)
 	if err != nil {
 		return false, err
 	}
 	defer fb.Close()
+	return sameReaders(fa, fb)
+}
+
+func sameReaders(fa, fb *os.File) (bool, error) {
 	ba := make([]byte, 64<<10)
 	bb := make([]byte, 64<<10)
 	for {
@@ -211,97 +233,13 @@ func sameContent(pa, pb string) (bool, error) {
 		aEOF := ea == io.EOF || ea == io.ErrUnexpectedEOF
 		bEOF := eb == io.EOF || eb == io.ErrUnexpectedEOF
 		if ea != nil && !aEOF {
-			return false, fmt.Errorf("reading %s: %w", pa, ea)
+			return false, fmt.Errorf("reading %s: %w", fa.Name(), ea)
 		}
 		if eb != nil && !bEOF {
-			return false, fmt.Errorf("reading %s: %w", pb, eb)
+			return false, fmt.Errorf("reading %s: %w", fb.Name(), eb)
 		}
 		if aEOF || bEOF {
 			return aEOF && bEOF, nil
 		}
-	}
-}
-
-// readNames lists root/rel sorted bytewise. A missing directory is an error:
-// callers only descend into directories they just saw.
-func readNames(root, rel string) ([]string, error) {
-	full := filepath.Join(root, rel)
-	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open directory", Path: full, Err: err}
-	}
-	f := os.NewFile(uintptr(fd), full)
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, fmt.Errorf("reading directory %s: %w", full, err)
-	}
-	sort.Strings(names)
-	return names, nil
-}
-
-// lstatAt lstats root/rel; ok is false when it does not exist (or a parent
-// is not a directory, which for our walks means the same: not there).
-func lstatAt(root, rel string) (st unix.Stat_t, ok bool, err error) {
-	full := filepath.Join(root, rel)
-	err = unix.Lstat(full, &st)
-	if err == unix.ENOENT || err == unix.ENOTDIR {
-		return st, false, nil
-	}
-	if err != nil {
-		return st, false, &os.PathError{Op: "lstat", Path: full, Err: err}
-	}
-	return st, true, nil
-}
-
-// readXattrs returns path's xattrs as libglnx reads them: names sorted,
-// attributes with empty values left out (glnx skips them), none when the
-// filesystem has no xattr support.
-func readXattrs(path string) ([]Xattr, error) {
-	var names []string
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		n, err := unix.Llistxattr(path, buf)
-		if err == unix.ERANGE && size < 1<<20 {
-			continue
-		}
-		if err == unix.ENOTSUP {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "llistxattr", Path: path, Err: err}
-		}
-		names = splitNames(buf[:n])
-		break
-	}
-	sort.Strings(names)
-	var out []Xattr
-	for _, n := range names {
-		v, err := lgetxattr(path, n)
-		if errors.Is(err, unix.ENODATA) {
-			continue
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "lgetxattr " + n, Path: path, Err: err}
-		}
-		if len(v) == 0 {
-			continue
-		}
-		out = append(out, Xattr{Name: n, Value: v})
-	}
-	return out, nil
-}
-
-func lgetxattr(path, name string) ([]byte, error) {
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		n, err := unix.Lgetxattr(path, name, buf)
-		if err == unix.ERANGE && size < 1<<24 {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
 	}
 }

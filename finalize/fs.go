@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,6 +30,11 @@ var (
 	ErrNotCopyable = errors.New("cannot copy non-regular/non-symlink file")
 	// ErrBadPath: a relative path given to us is not a clean path inside etc.
 	ErrBadPath = errors.New("bad path")
+	// ErrPlanted: a privileged file (setuid, setgid, file capabilities)
+	// that an unprivileged user may have planted in /etc (see
+	// plantedPrivilege). It wraps ErrUnsafe: the callers fall back and
+	// ostree's merge at shutdown copies what is there then.
+	ErrPlanted = fmt.Errorf("privileged file that a user may have planted, left to ostree: %w", ErrUnsafe)
 )
 
 // Xattr is one extended attribute.
@@ -80,16 +84,41 @@ type FS struct {
 	// RemoveAll removes name recursively without following symlinks; a
 	// missing name is not an error (glnx_shutil_rm_rf_at).
 	RemoveAll func(dir *os.File, name string) error
-	// Fsync flushes one open file or directory (for callers that need one
-	// directory durable; the merge itself ends with Syncfs).
+	// Fsync flushes one open file or directory. The merge engine never
+	// calls it (see Syncfs); it is here for callers that need one file
+	// durable.
 	Fsync func(f *os.File) error
-	// Syncfs flushes the whole filesystem holding f. The merge ends with
-	// one Syncfs on the target: each written file was already whole
-	// before its rename (so it is whole), and one syncfs then makes every
-	// rename, mkdir and unlink durable at once, which is much cheaper than
-	// an fsync of every parent directory after every write and gives the
-	// same guarantee at the point that matters (when Merge returns).
+	// Syncfs flushes the whole filesystem holding f. Only the seal calls
+	// it (SyncEtc, once, before `finalize --pre` records "sealed"); stage
+	// (Merge, MergePaths), the watcher's batches (MergePaths) and Reset
+	// issue no syncfs and no fsync, so that a watcher running for days
+	// adds no flushes of the whole sysroot filesystem. This is safe
+	// because:
+	//   - each written file is whole before its rename, so any reader
+	//     (ostree included) sees the old entry or the complete new one;
+	//   - ostree reads the staged etc only at shutdown, after the seal,
+	//     and the seal's one syncfs flushes every write made before it
+	//     (by stage and every batch too: syncfs covers the filesystem, not
+	//     just the files of this call);
+	//   - a crash before the seal loses /run, and with it the staged
+	//     deployment (ostree stages in /run): a staged etc whose writes
+	//     did not reach the disk can never be booted; and a restart of
+	//     ours before the seal re-checks the booted etc against the
+	//     baseline (or falls back and resets), so nothing is trusted that
+	//     was not written in this boot's page cache.
 	Syncfs func(f *os.File) error
+}
+
+// SyncEtc makes the staged etc durable: one Syncfs on its filesystem. The
+// seal calls it after its last write and before recording "sealed"; it
+// also flushes what stage and the watcher wrote earlier (see FS.Syncfs).
+func SyncEtc(fs FS, newEtc string) error {
+	t, err := openTree(newEtc)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return fs.Syncfs(t.root)
 }
 
 // RealFS is the FS on the real disk.
@@ -129,9 +158,9 @@ func tmpName() string {
 	return ".prefinalize-tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(tmpCounter.Add(1), 36)
 }
 
-func procPath(dir *os.File, name string) string {
-	return "/proc/self/fd/" + strconv.Itoa(int(dir.Fd())) + "/" + name
-}
+// fdPath is the /proc/self/fd link of fd: a call through it reaches the
+// fd's own inode, whatever happens to names meanwhile.
+func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 func realWriteFileAtomic(dir *os.File, name string, src io.Reader, a Attr) (err error) {
 	dfd := int(dir.Fd())
@@ -174,7 +203,9 @@ func realWriteFileAtomic(dir *os.File, name string, src io.Reader, a Attr) (err 
 	}
 	if a.SetTimes {
 		ts := []unix.Timespec{a.Atime, a.Mtime}
-		if err = unix.UtimesNanoAt(dfd, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		// Through the fd's /proc link, not the name: a directory of the
+		// staged etc may belong to a user who could swap the name.
+		if err = unix.UtimesNanoAt(unix.AT_FDCWD, fdPath(fd), ts, 0); err != nil {
 			return &os.PathError{Op: "utimensat", Path: name, Err: err}
 		}
 	}
@@ -213,13 +244,29 @@ func realSymlinkAtomic(dir *os.File, name, target string, a Attr) (err error) {
 			_ = unix.Unlinkat(dfd, tmp, 0)
 		}
 	}()
-	// copy_symlink_at: xattrs, then owner, both without following.
+	// copy_symlink_at: xattrs, then owner, both without following, on an
+	// O_PATH fd of the link just made (checked to be ours: a symlink with
+	// our target), not by name.
+	lfd, err := unix.Openat(dfd, tmp, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open new symlink", Path: name, Err: err}
+	}
+	defer unix.Close(lfd)
+	var st unix.Stat_t
+	if err = unix.Fstat(lfd, &st); err != nil {
+		return &os.PathError{Op: "fstat", Path: name, Err: err}
+	}
+	if got, _ := readlinkFd(lfd); !isLnk(&st) || got != target {
+		return fmt.Errorf("%s: the new symlink was replaced: %w", name, ErrUnsafe)
+	}
 	for _, x := range a.Xattrs {
-		if err = unix.Lsetxattr(procPath(dir, tmp), x.Name, x.Value, 0); err != nil {
-			return &os.PathError{Op: "lsetxattr " + x.Name, Path: name, Err: err}
+		// setxattr through /proc/self/fd/N reaches the symlink itself
+		// (see entry.xattrs).
+		if err = unix.Setxattr(fdPath(lfd), x.Name, x.Value, 0); err != nil {
+			return &os.PathError{Op: "setxattr " + x.Name, Path: name, Err: err}
 		}
 	}
-	if err = unix.Fchownat(dfd, tmp, int(a.UID), int(a.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err = unix.Fchownat(lfd, "", int(a.UID), int(a.GID), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &os.PathError{Op: "fchownat", Path: name, Err: err}
 	}
 	if err = unix.Renameat(dfd, tmp, dfd, name); err != nil {
@@ -322,22 +369,20 @@ func realRemoveAll(dir *os.File, name string) error {
 }
 
 // target is the directory the merge writes (the new deployment's etc),
-// held open by fd. Every path below it is opened component by component
-// without following symlinks.
+// held open by fd: a tree (every path below it opened component by
+// component without following symlinks) and the FS that writes it.
 type target struct {
-	root *os.File
-	fs   FS
+	*tree
+	fs FS
 }
 
 func openTarget(path string, fs FS) (*target, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	t, err := openTree(path)
 	if err != nil {
-		return nil, fmt.Errorf("opening target etc %s: %w", path, err)
+		return nil, fmt.Errorf("opening target etc: %w", err)
 	}
-	return &target{root: os.NewFile(uintptr(fd), path), fs: fs}, nil
+	return &target{tree: t, fs: fs}, nil
 }
-
-func (t *target) Close() error { return t.root.Close() }
 
 // checkRel validates a path relative to etc: clean, no "..", no leading
 // slash, no empty or "." components. Names may hold any other bytes
@@ -360,80 +405,9 @@ func checkRel(rel string) error {
 	return nil
 }
 
-// openDir opens rel (a directory below the root) without following any
-// symlink: openat2 with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS when the kernel
-// has it, else an O_NOFOLLOW walk. A symlink or a non-directory on the way
-// is ErrUnsafe: ostree would follow it, we do less.
-func (t *target) openDir(rel string) (*os.File, error) {
-	if err := checkRel(rel); err != nil {
-		return nil, err
-	}
-	if rel == "" {
-		fd, err := unix.Dup(int(t.root.Fd()))
-		if err != nil {
-			return nil, fmt.Errorf("dup %s: %w", t.root.Name(), err)
-		}
-		unix.CloseOnExec(fd)
-		return os.NewFile(uintptr(fd), t.root.Name()), nil
-	}
-	how := unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	}
-	fd, err := unix.Openat2(int(t.root.Fd()), rel, &how)
-	if err == unix.ENOSYS {
-		return t.walkDir(rel)
-	}
-	if err != nil {
-		return nil, t.dirErr(rel, err)
-	}
-	return os.NewFile(uintptr(fd), filepath.Join(t.root.Name(), rel)), nil
-}
-
-func (t *target) dirErr(rel string, err error) error {
-	full := filepath.Join(t.root.Name(), rel)
-	switch err {
-	case unix.ELOOP, unix.EXDEV, unix.ENOTDIR:
-		return fmt.Errorf("%s: a component is a symlink or not a directory (%v): %w", full, err, ErrUnsafe)
-	}
-	return &os.PathError{Op: "open directory", Path: full, Err: err}
-}
-
-func (t *target) walkDir(rel string) (*os.File, error) {
-	cur, err := t.openDir("")
-	if err != nil {
-		return nil, err
-	}
-	for _, c := range strings.Split(rel, "/") {
-		fd, err := unix.Openat(int(cur.Fd()), c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		cur.Close()
-		if err != nil {
-			return nil, t.dirErr(rel, err)
-		}
-		cur = os.NewFile(uintptr(fd), filepath.Join(t.root.Name(), rel))
-	}
-	return cur, nil
-}
-
-// parent opens the directory holding rel and returns it with rel's last
-// component.
-func (t *target) parent(rel string) (*os.File, string, error) {
-	if rel == "" {
-		return nil, "", fmt.Errorf("the etc root itself has no parent: %w", ErrBadPath)
-	}
-	if err := checkRel(rel); err != nil {
-		return nil, "", err
-	}
-	dir, name := splitRel(rel)
-	d, err := t.openDir(dir)
-	if err != nil {
-		return nil, "", err
-	}
-	return d, name, nil
-}
-
 // lstat of rel below the root; ok false when it does not exist. A symlink
-// among the parents is ErrUnsafe.
+// or a non-directory among the parents is ErrUnsafe: ostree would follow
+// it (or fail), we do less.
 func (t *target) lstat(rel string) (st unix.Stat_t, ok bool, err error) {
 	if rel == "" {
 		err = unix.Fstat(int(t.root.Fd()), &st)
@@ -452,7 +426,7 @@ func (t *target) lstat(rel string) (st unix.Stat_t, ok bool, err error) {
 		return st, false, nil
 	}
 	if err != nil {
-		return st, false, &os.PathError{Op: "lstat", Path: filepath.Join(t.root.Name(), rel), Err: err}
+		return st, false, &os.PathError{Op: "lstat", Path: t.name(rel), Err: err}
 	}
 	return st, true, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,10 +37,26 @@ type Report struct {
 // return an error with newEtc untouched where ostree would fail half-way;
 // and a symlink among the parents of a path in newEtc is ErrUnsafe where
 // ostree would follow it.
+//
+// Every tree is opened once and read or written only through its fd (see
+// tree); a regular file that a user could have planted as a link to a
+// privileged file is left to ostree (see copyEntry). Merge issues no
+// fsync and no syncfs: see SyncEtc.
 func Merge(ctx context.Context, fs FS, orig, modified, newEtc string) (Report, error) {
 	var rep Report
-	ch, err := Diff(ctx, orig, modified)
+	o, err := openTree(orig)
 	if err != nil {
+		return rep, err
+	}
+	defer o.Close()
+	mo, err := openTree(modified)
+	if err != nil {
+		return rep, err
+	}
+	defer mo.Close()
+	mo.users = true
+	ch := &Changes{}
+	if err := diffDir(ctx, o, mo, "", ch); err != nil {
 		return rep, fmt.Errorf("computing /etc diff: %w", err)
 	}
 	rep.Modified, rep.Removed, rep.Added = len(ch.Modified), len(ch.Removed), len(ch.Added)
@@ -55,12 +70,12 @@ func Merge(ctx context.Context, fs FS, orig, modified, newEtc string) (Report, e
 
 	// Preflight: the desired state of the whole tree, computed against
 	// newEtc as it is now, fails exactly where ostree's merge would.
-	pl := &planner{ctx: ctx, orig: orig, modified: modified, base: newEtc}
+	pl := &planner{ctx: ctx, orig: o, modified: mo, base: t.tree}
 	if _, err := pl.plan("", false); err != nil {
 		return rep, err
 	}
 
-	m := &porter{ctx: ctx, t: t, orig: orig, modified: modified, rep: &rep}
+	m := &porter{ctx: ctx, t: t, orig: o, modified: mo, rep: &rep}
 	for _, p := range ch.Removed {
 		if err := m.removeAll(p); err != nil {
 			return rep, err
@@ -74,9 +89,6 @@ func Merge(ctx context.Context, fs FS, orig, modified, newEtc string) (Report, e
 			return rep, err
 		}
 	}
-	if err := fs.Syncfs(t.root); err != nil {
-		return rep, err
-	}
 	return rep, nil
 }
 
@@ -84,8 +96,8 @@ func Merge(ctx context.Context, fs FS, orig, modified, newEtc string) (Report, e
 type porter struct {
 	ctx      context.Context
 	t        *target
-	orig     string
-	modified string
+	orig     *tree
+	modified *tree
 	rep      *Report
 }
 
@@ -99,19 +111,19 @@ func (m *porter) removeAll(p string) error {
 	}
 	defer d.Close()
 	if err := m.t.fs.RemoveAll(d, name); err != nil {
-		return fmt.Errorf("removing %s: %w", filepath.Join(m.t.root.Name(), p), err)
+		return fmt.Errorf("removing %s: %w", m.t.name(p), err)
 	}
 	return nil
 }
 
 // copyModified is copy_modified_config_file.
 func (m *porter) copyModified(p string) error {
-	sm, ok, err := lstatAt(m.modified, p)
+	sm, ok, err := m.modified.stat(p)
 	if err != nil {
 		return fmt.Errorf("reading modified config file: %w", err)
 	}
 	if !ok {
-		return fmt.Errorf("reading modified config file %s: %w", filepath.Join(m.modified, p), os.ErrNotExist)
+		return fmt.Errorf("reading modified config file %s: %w", m.modified.name(p), os.ErrNotExist)
 	}
 	if dir, _ := splitRel(p); dir != "" {
 		if err := m.ensureDirFromTemplate(dir); err != nil {
@@ -135,7 +147,7 @@ func (m *porter) copyModified(p string) error {
 	defer d.Close()
 	if ok {
 		if err := m.t.fs.Remove(d, name); err != nil {
-			return fmt.Errorf("removing %s: %w", filepath.Join(m.t.root.Name(), p), err)
+			return fmt.Errorf("removing %s: %w", m.t.name(p), err)
 		}
 	}
 	switch sm.Mode & unix.S_IFMT {
@@ -153,12 +165,12 @@ func (m *porter) copyModified(p string) error {
 // missing parents) in the target, and in every case copy the modified
 // directory's xattrs, owner and mode onto it.
 func (m *porter) ensureDirFromTemplate(dir string) error {
-	src, ok, err := lstatAt(m.modified, dir)
+	src, ok, err := m.modified.stat(dir)
 	if err != nil {
 		return err
 	}
 	if !ok || !isDir(&src) {
-		return fmt.Errorf("modified %s: not a directory: %w", filepath.Join(m.modified, dir), os.ErrNotExist)
+		return fmt.Errorf("modified %s: not a directory: %w", m.modified.name(dir), os.ErrNotExist)
 	}
 	pd, name, err := m.t.parent(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -176,7 +188,7 @@ func (m *porter) ensureDirFromTemplate(dir string) error {
 	}
 	defer pd.Close()
 	if err := m.t.fs.Mkdir(pd, name, 0700); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("creating %s: %w", filepath.Join(m.t.root.Name(), dir), err)
+		return fmt.Errorf("creating %s: %w", m.t.name(dir), err)
 	}
 	return m.copyDirAttr(dir)
 }
@@ -203,7 +215,7 @@ func (m *porter) copyDirRecurse(parent *os.File, name, p string) error {
 		return err
 	}
 	if err := m.t.fs.Mkdir(parent, name, 0700); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("creating %s: %w", filepath.Join(m.t.root.Name(), p), err)
+		return fmt.Errorf("creating %s: %w", m.t.name(p), err)
 	}
 	if err := m.copyDirAttr(p); err != nil {
 		return err
@@ -213,18 +225,18 @@ func (m *porter) copyDirRecurse(parent *os.File, name, p string) error {
 		return err
 	}
 	defer d.Close()
-	names, err := readNames(m.modified, p)
+	names, err := m.modified.readNames(p)
 	if err != nil {
 		return err
 	}
 	for _, n := range names {
 		c := joinRel(p, n)
-		st, ok, err := lstatAt(m.modified, c)
+		st, ok, err := m.modified.stat(c)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("%s: %w", filepath.Join(m.modified, c), os.ErrNotExist)
+			return fmt.Errorf("%s: %w", m.modified.name(c), os.ErrNotExist)
 		}
 		if isDir(&st) {
 			if err := m.copyDirRecurse(d, n, c); err != nil {
@@ -240,62 +252,129 @@ func (m *porter) copyDirRecurse(parent *os.File, name, p string) error {
 }
 
 // copyEntry is glnx_file_copy_at with GLNX_FILE_COPY_OVERWRITE from
-// srcRoot/p (lstat st) to (dir, name): regular files with content, owner,
-// xattrs, mode and atime/mtime; symlinks with target, xattrs and owner;
-// anything else is ErrNotCopyable.
+// src/p to (dir, name): regular files with content, owner, xattrs, mode
+// and atime/mtime; symlinks with target, xattrs and owner; anything else
+// is ErrNotCopyable. st is the caller's earlier stat of src/p, which
+// decided that p is copied as a file: everything copied comes from the
+// entry opened here and its fstat (a type that changed since is
+// ErrUnsafe), so content, mode, owner and xattrs all belong to one inode.
 //
 // keepTimes false leaves the times to the kernel (now): for entries taken
 // from the new defaults, whose usr/etc copy has the repository's mtime
 // (0) while ostree's checkout of etc has the time of the checkout.
-func copyEntry(fs FS, srcRoot, p string, st *unix.Stat_t, dir *os.File, name string, keepTimes bool) error {
-	src := filepath.Join(srcRoot, p)
-	switch st.Mode & unix.S_IFMT {
+func copyEntry(fs FS, src *tree, p string, st *unix.Stat_t, dir *os.File, name string, keepTimes bool) error {
+	if err := src.checkLen(p); err != nil {
+		return err
+	}
+	pd, srcName, err := src.parent(p)
+	if err != nil {
+		return err
+	}
+	defer pd.Close()
+	var dst unix.Stat_t
+	if err := unix.Fstat(int(pd.Fd()), &dst); err != nil {
+		return &os.PathError{Op: "fstat", Path: pd.Name(), Err: err}
+	}
+	fd, err := unix.Openat(int(pd.Fd()), srcName, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == unix.ENOENT {
+		return fmt.Errorf("copying %s: vanished during the merge: %w", src.name(p), ErrUnsafe)
+	}
+	if err != nil {
+		return &os.PathError{Op: "open", Path: src.name(p), Err: err}
+	}
+	e := &entry{f: os.NewFile(uintptr(fd), src.name(p))}
+	defer e.Close()
+	if err := unix.Fstat(fd, &e.st); err != nil {
+		return &os.PathError{Op: "fstat", Path: src.name(p), Err: err}
+	}
+	if e.st.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
+		return fmt.Errorf("copying %s: its type changed during the merge: %w", src.name(p), ErrUnsafe)
+	}
+	xs, err := e.xattrs()
+	if err != nil {
+		return err
+	}
+	switch e.st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		f, err := openNoFollow(src)
+		if why := plantedPrivilege(&e.st, &dst, xs); src.users && why != "" {
+			return fmt.Errorf("copying %s: %s: %w", src.name(p), why, ErrPlanted)
+		}
+		f, err := e.reader()
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		xs, err := readXattrs(src)
-		if err != nil {
-			return err
-		}
-		a := Attr{Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: xs,
-			Atime: st.Atim, Mtime: st.Mtim, SetTimes: keepTimes}
+		a := Attr{Mode: e.st.Mode & 07777, UID: e.st.Uid, GID: e.st.Gid, Xattrs: xs,
+			Atime: e.st.Atim, Mtime: e.st.Mtim, SetTimes: keepTimes}
 		if err := fs.WriteFileAtomic(dir, name, f, a); err != nil {
 			return fmt.Errorf("copying %s: %w", p, err)
 		}
 		return nil
 	case unix.S_IFLNK:
-		target, err := os.Readlink(src)
+		target, err := e.readlink()
 		if err != nil {
 			return err
 		}
-		xs, err := readXattrs(src)
-		if err != nil {
-			return err
-		}
-		if err := fs.SymlinkAtomic(dir, name, target, Attr{UID: st.Uid, GID: st.Gid, Xattrs: xs}); err != nil {
+		if err := fs.SymlinkAtomic(dir, name, target, Attr{UID: e.st.Uid, GID: e.st.Gid, Xattrs: xs}); err != nil {
 			return fmt.Errorf("copying %s: %w", p, err)
 		}
 		return nil
 	}
-	return fmt.Errorf("copying %s: %w", src, ErrNotCopyable)
+	return fmt.Errorf("copying %s: %w", src.name(p), ErrNotCopyable)
 }
 
-func dirAttr(root, p string) (Attr, error) {
-	st, ok, err := lstatAt(root, p)
+// plantedPrivilege says why a regular file carrying privilege (setuid or
+// setgid bits, or a security.capability xattr) may have been planted by
+// someone who does not own it: it has other hard links (a user may link
+// any file into a directory it can write, and with
+// fs.protected_hardlinks=0 a setuid-root binary too), or it is owned by
+// someone else than its directory's owner in a directory not owned by
+// root (a file that user linked, whose other name was later removed).
+//
+// ostree's merge (copy_modified_config_file -> glnx_file_copy_at) copies
+// such a file as it is, setuid bits, owner and capability included, at
+// shutdown, when the planting user's processes are gone. We run for days
+// beside them, so we neither copy it (which would place a privileged
+// copy under /sysroot, possibly an old binary kept alive past its update,
+// or the winner of a race) nor strip its bits (which would differ from
+// ostree's result if it is still there at shutdown): the merge stops with
+// ErrPlanted, the callers fall back, and ostree's own merge at shutdown
+// produces exactly what ostree would. Files without privilege, linked or
+// not, are copied as ostree copies them: nothing is gained by a copy
+// that the reader could not already read or run at the same mode.
+func plantedPrivilege(st, dir *unix.Stat_t, xs []Xattr) string {
+	priv := st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0
+	for _, x := range xs {
+		priv = priv || x.Name == "security.capability"
+	}
+	switch {
+	case !priv:
+		return ""
+	case st.Nlink > 1:
+		return fmt.Sprintf("a setuid/setgid/capability file with %d hard links", st.Nlink)
+	case st.Uid != dir.Uid && dir.Uid != 0:
+		return fmt.Sprintf("a setuid/setgid/capability file owned by uid %d in a directory of uid %d", st.Uid, dir.Uid)
+	}
+	return ""
+}
+
+func dirAttr(t *tree, p string) (Attr, error) {
+	e, ok, err := t.open(p)
 	if err != nil {
 		return Attr{}, err
 	}
-	if !ok || !isDir(&st) {
-		return Attr{}, fmt.Errorf("%s: not a directory: %w", filepath.Join(root, p), os.ErrNotExist)
+	if !ok {
+		return Attr{}, fmt.Errorf("%s: not a directory: %w", t.name(p), os.ErrNotExist)
 	}
-	xs, err := readXattrs(filepath.Join(root, p))
+	defer e.Close()
+	if !isDir(&e.st) {
+		return Attr{}, fmt.Errorf("%s: not a directory: %w", t.name(p), os.ErrNotExist)
+	}
+	xs, err := e.xattrs()
 	if err != nil {
 		return Attr{}, err
 	}
-	return Attr{Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid, Xattrs: xs}, nil
+	return Attr{Mode: e.st.Mode & 07777, UID: e.st.Uid, GID: e.st.Gid, Xattrs: xs}, nil
 }
 
 func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -46,7 +44,7 @@ const (
 
 type want struct {
 	kind     wantKind
-	src      string // wCopy
+	src      *tree // wCopy
 	attr     Attr   // wDir (ExactXattrs set)
 	children map[string]*want
 	// touched: p is in the copy set, so ensure_directory_from_template
@@ -60,9 +58,9 @@ type want struct {
 
 type planner struct {
 	ctx      context.Context
-	orig     string
-	modified string
-	base     string // the state the merge starts from: new defaults (or newEtc for a preflight)
+	orig     *tree
+	modified *tree
+	base     *tree // the state the merge starts from: new defaults (or newEtc for a preflight)
 }
 
 type ent struct {
@@ -72,8 +70,8 @@ type ent struct {
 
 func (e ent) dir() bool { return e.ok && isDir(&e.st) }
 
-func (pl *planner) stat(root, p string) (ent, error) {
-	st, ok, err := lstatAt(root, p)
+func (pl *planner) stat(root *tree, p string) (ent, error) {
+	st, ok, err := root.stat(p)
 	return ent{st, ok}, err
 }
 
@@ -191,11 +189,11 @@ func (pl *planner) plan(p string, underAdded bool) (*want, error) {
 // absent from B is created with Mo's attributes.
 func (pl *planner) dirWant(p string, b, o, mo ent, childrenAdded, attributable bool) (*want, error) {
 	names := map[string]bool{}
-	add := func(root string, e ent) error {
+	add := func(root *tree, e ent) error {
 		if !e.dir() {
 			return nil
 		}
-		ns, err := readNames(root, p)
+		ns, err := root.readNames(p)
 		if err != nil {
 			return err
 		}
@@ -309,8 +307,8 @@ func (pl *planner) anyChange(p string) (bool, error) {
 
 // checkCopyable fails with ErrNotCopyable when copy_dir_recurse of root/p
 // would meet a fifo, socket or device.
-func (pl *planner) checkCopyable(root, p string) error {
-	ns, err := readNames(root, p)
+func (pl *planner) checkCopyable(root *tree, p string) error {
+	ns, err := root.readNames(p)
 	if err != nil {
 		return err
 	}
@@ -326,7 +324,7 @@ func (pl *planner) checkCopyable(root, p string) error {
 				return err
 			}
 		case e.ok && !isReg(&e.st) && !isLnk(&e.st):
-			return fmt.Errorf("copying %s: %w", filepath.Join(root, c), ErrNotCopyable)
+			return fmt.Errorf("copying %s: %w", root.name(c), ErrNotCopyable)
 		}
 	}
 	return nil
@@ -369,7 +367,13 @@ func MergePaths(ctx context.Context, fs FS, orig, modified, newEtc, defaults str
 	if err != nil {
 		return 0, err
 	}
-	pl := &planner{ctx: ctx, orig: orig, modified: modified, base: defaults}
+	trees, err := openTrees(orig, modified, defaults)
+	if err != nil {
+		return 0, err
+	}
+	defer closeTrees(trees)
+	trees[1].users = true
+	pl := &planner{ctx: ctx, orig: trees[0], modified: trees[1], base: trees[2]}
 	var regions []string
 	for _, p := range roots {
 		r, err := pl.region(p)
@@ -385,7 +389,7 @@ func MergePaths(ctx context.Context, fs FS, orig, modified, newEtc, defaults str
 		return 0, err
 	}
 	defer t.Close()
-	ap := &applier{ctx: ctx, t: t, modified: modified}
+	ap := &applier{ctx: ctx, t: t, modified: pl.modified}
 	for _, r := range regions {
 		w, err := pl.plan(r, false)
 		if err != nil {
@@ -398,11 +402,6 @@ func MergePaths(ctx context.Context, fs FS, orig, modified, newEtc, defaults str
 			continue
 		}
 		if err := pl.fixParent(ap, r, w.touched); err != nil {
-			return ap.n, err
-		}
-	}
-	if ap.n > 0 {
-		if err := fs.Syncfs(t.root); err != nil {
 			return ap.n, err
 		}
 	}
@@ -421,20 +420,13 @@ func Reset(ctx context.Context, fs FS, newEtc, defaults string) (int, error) {
 	}
 	defer t.Close()
 	ap := &applier{ctx: ctx, t: t}
-	st, ok, err := lstatAt(defaults, "")
+	d, err := openTree(defaults)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("defaults: %w", err)
 	}
-	if !ok || !isDir(&st) {
-		return 0, fmt.Errorf("defaults %s: not a directory: %w", defaults, os.ErrNotExist)
-	}
-	if err := ap.syncCopyChildren("", defaults); err != nil {
+	defer d.Close()
+	if err := ap.syncCopyChildren("", d); err != nil {
 		return ap.n, err
-	}
-	if ap.n > 0 {
-		if err := fs.Syncfs(t.root); err != nil {
-			return ap.n, err
-		}
 	}
 	return ap.n, nil
 }
@@ -478,7 +470,7 @@ func (pl *planner) region(p string) (string, error) {
 	parts := strings.Split(p, "/")
 	for i := 1; i < len(parts); i++ {
 		a := strings.Join(parts[:i], "/")
-		for _, root := range []string{pl.orig, pl.modified, pl.base} {
+		for _, root := range []*tree{pl.orig, pl.modified, pl.base} {
 			e, err := pl.stat(root, a)
 			if err != nil {
 				return "", err
@@ -498,7 +490,7 @@ func (pl *planner) fixParent(ap *applier, r string, touched bool) error {
 		return nil
 	}
 	if !touched {
-		ns, err := readNames(pl.modified, parent)
+		ns, err := pl.modified.readNames(parent)
 		if err != nil {
 			return err
 		}
@@ -537,7 +529,7 @@ func (pl *planner) fixParent(ap *applier, r string, touched bool) error {
 type applier struct {
 	ctx      context.Context
 	t        *target
-	modified string // entries copied from here keep their times
+	modified *tree // entries copied from here keep their times
 	n        int
 }
 
@@ -609,7 +601,7 @@ func (ap *applier) ensureAbsent(p string) error {
 	defer d.Close()
 	ap.n++
 	if err := ap.t.fs.RemoveAll(d, name); err != nil {
-		return fmt.Errorf("removing %s: %w", filepath.Join(ap.t.root.Name(), p), err)
+		return fmt.Errorf("removing %s: %w", ap.t.name(p), err)
 	}
 	return nil
 }
@@ -631,12 +623,12 @@ func (ap *applier) ensureDir(p string) error {
 	if ok {
 		ap.n++
 		if err := ap.t.fs.RemoveAll(d, name); err != nil {
-			return fmt.Errorf("removing %s: %w", filepath.Join(ap.t.root.Name(), p), err)
+			return fmt.Errorf("removing %s: %w", ap.t.name(p), err)
 		}
 	}
 	ap.n++
 	if err := ap.t.fs.Mkdir(d, name, 0700); err != nil {
-		return fmt.Errorf("creating %s: %w", filepath.Join(ap.t.root.Name(), p), err)
+		return fmt.Errorf("creating %s: %w", ap.t.name(p), err)
 	}
 	return nil
 }
@@ -647,10 +639,10 @@ func (ap *applier) setDirAttr(p string, a Attr) error {
 		return err
 	}
 	if !ok || !isDir(&st) {
-		return fmt.Errorf("%s: not a directory: %w", filepath.Join(ap.t.root.Name(), p), ErrUnsafe)
+		return fmt.Errorf("%s: not a directory: %w", ap.t.name(p), ErrUnsafe)
 	}
-	full := filepath.Join(ap.t.root.Name(), p)
-	have, err := readXattrs(full)
+	full := ap.t.name(p)
+	have, err := ap.t.xattrsOf(p)
 	if err != nil {
 		return err
 	}
@@ -687,11 +679,11 @@ func sameXattrs(a, b []Xattr) bool {
 }
 
 // syncCopy makes target p an exact copy of src/p (absent when src/p is).
-func (ap *applier) syncCopy(p, src string) error {
+func (ap *applier) syncCopy(p string, src *tree) error {
 	if err := ap.ctx.Err(); err != nil {
 		return err
 	}
-	s, ok, err := lstatAt(src, p)
+	s, ok, err := src.stat(p)
 	if err != nil {
 		return err
 	}
@@ -713,7 +705,7 @@ func (ap *applier) syncCopy(p, src string) error {
 		return ap.setDirAttr(p, a)
 	}
 	if !isReg(&s) && !isLnk(&s) {
-		return fmt.Errorf("copying %s: %w", filepath.Join(src, p), ErrNotCopyable)
+		return fmt.Errorf("copying %s: %w", src.name(p), ErrNotCopyable)
 	}
 	same, err := ap.sameAsSource(p, src, &s)
 	if err != nil || same {
@@ -732,15 +724,15 @@ func (ap *applier) syncCopy(p, src string) error {
 		// rename cannot replace a directory with a file.
 		ap.n++
 		if err := ap.t.fs.RemoveAll(d, name); err != nil {
-			return fmt.Errorf("removing %s: %w", filepath.Join(ap.t.root.Name(), p), err)
+			return fmt.Errorf("removing %s: %w", ap.t.name(p), err)
 		}
 	}
 	ap.n++
 	return copyEntry(ap.t.fs, src, p, &s, d, name, src == ap.modified)
 }
 
-func (ap *applier) syncCopyChildren(p, src string) error {
-	want, err := readNames(src, p)
+func (ap *applier) syncCopyChildren(p string, src *tree) error {
+	want, err := src.readNames(p)
 	if err != nil {
 		return err
 	}
@@ -770,7 +762,7 @@ func (ap *applier) syncCopyChildren(p, src string) error {
 // sameAsSource: target p already equals src/p (type, mode, owner, xattrs,
 // symlink target, or content, and the mtime of files copied from the
 // booted etc; a default's mtime is the checkout's, not usr/etc's).
-func (ap *applier) sameAsSource(p, src string, s *unix.Stat_t) (bool, error) {
+func (ap *applier) sameAsSource(p string, src *tree, s *unix.Stat_t) (bool, error) {
 	t, ok, err := ap.t.lstat(p)
 	if err != nil || !ok {
 		return false, err
@@ -778,21 +770,20 @@ func (ap *applier) sameAsSource(p, src string, s *unix.Stat_t) (bool, error) {
 	if t.Mode != s.Mode || t.Uid != s.Uid || t.Gid != s.Gid {
 		return false, nil
 	}
-	full := filepath.Join(ap.t.root.Name(), p)
 	if isReg(s) {
 		if t.Size != s.Size || (src == ap.modified && t.Mtim != s.Mtim) {
 			return false, nil
 		}
-		same, err := sameContent(filepath.Join(src, p), full)
+		same, err := sameContent(src, ap.t.tree, p)
 		if err != nil || !same {
 			return false, err
 		}
 	} else {
-		a, err := os.Readlink(filepath.Join(src, p))
+		a, err := src.readlink(p)
 		if err != nil {
 			return false, err
 		}
-		b, err := os.Readlink(full)
+		b, err := ap.t.readlink(p)
 		if err != nil {
 			return false, err
 		}
@@ -800,13 +791,33 @@ func (ap *applier) sameAsSource(p, src string, s *unix.Stat_t) (bool, error) {
 			return false, nil
 		}
 	}
-	xa, err := readXattrs(filepath.Join(src, p))
+	xa, err := src.xattrsOf(p)
 	if err != nil {
 		return false, err
 	}
-	xb, err := readXattrs(full)
+	xb, err := ap.t.xattrsOf(p)
 	if err != nil {
 		return false, err
 	}
 	return sameXattrs(xa, xb), nil
+}
+
+// openTrees opens every path as a tree.
+func openTrees(paths ...string) ([]*tree, error) {
+	var ts []*tree
+	for _, p := range paths {
+		t, err := openTree(p)
+		if err != nil {
+			closeTrees(ts)
+			return nil, err
+		}
+		ts = append(ts, t)
+	}
+	return ts, nil
+}
+
+func closeTrees(ts []*tree) {
+	for _, t := range ts {
+		t.Close()
+	}
 }

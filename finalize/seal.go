@@ -95,7 +95,9 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		all = append(all, "")
 	}
 	n := 0
-	if len(all) > 0 {
+	// (With the mark already set and nothing changed, the whole etc is
+	// still reconciled: the mark is cleared below only after that.)
+	if len(all) > 0 || snap.applying {
 		interrupted, err := beginApplying(cfg.RunDir)
 		if err != nil {
 			return 0, err
@@ -117,6 +119,13 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		if policy, err = refreshPolicy(ctx, cfg, sys.DeploymentDir(sys.Staged)); err != nil {
 			r := fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
 			return n, fmt.Errorf("%w: %s", ErrNoMerge, r.Reason)
+		}
+	}
+	if newState == store.EtcSealed {
+		// The seal alone makes the staged etc durable (stage and the
+		// watcher's batches do not flush): see FS.Syncfs.
+		if err := SyncEtc(cfg.FS, p.newEtc); err != nil {
+			return n, err
 		}
 	}
 	nbBytes, err := nb.MarshalBinary()
@@ -174,6 +183,11 @@ func endApplying(runDir string) error {
 	})
 }
 
+// MaxPendingPaths bounds the pending set of the store: past it the set is
+// dropped and the next refresh (or the seal) reconciles the whole etc, so
+// a writer that keeps batches failing cannot grow it without bound.
+const MaxPendingPaths = 8192
+
 // MarkPending records paths the watcher has seen but not applied yet, so
 // that `status` shows them and the seal applies them even if the watcher
 // dies before its batch.
@@ -191,7 +205,25 @@ func MarkPending(cfg Config, paths []string) error {
 				return err
 			}
 		}
-		return tx.AddPending(paths...)
+		if _, n := tx.Pending(1); n+len(paths) <= MaxPendingPaths {
+			return tx.AddPending(paths...)
+		}
+		// Overflow: the mark of an unfinished write makes the next
+		// refresh and the seal reconcile the whole etc, which covers
+		// every path dropped here. The mark is set before the paths go,
+		// in the same transaction.
+		if err := tx.PutBlob(blobApplying, []byte("pending overflow")); err != nil {
+			return err
+		}
+		all, _ := tx.Pending(0)
+		if err := tx.RemovePending(all...); err != nil {
+			return err
+		}
+		if st.EtcState == store.EtcDirty {
+			st.EtcReason = fmt.Sprintf("more than %d paths waiting: the whole etc will be reconciled", MaxPendingPaths)
+			return tx.PutState(st)
+		}
+		return nil
 	})
 }
 

@@ -402,6 +402,10 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 		if err := unix.Mkdirat(d.objFD, fmt.Sprintf("%02x", c[0]), 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("tombstone %s: %w", tomb, err)
 		}
+		// 0755 whatever the umask (the process runs with 077).
+		if err := unix.Fchmodat(d.objFD, fmt.Sprintf("%02x", c[0]), 0o755, 0); err != nil {
+			return fmt.Errorf("tombstone %s: %w", tomb, err)
+		}
 		fd, err = d.subdir(c[0])
 	}
 	if err != nil {

@@ -47,6 +47,11 @@ type globalOpts struct {
 var extraCommands []func(*globalOpts) *cobra.Command
 
 func main() {
+	// Nothing we create is readable by others unless we say so with an
+	// explicit chmod: the staged etc's files are created 0600 and
+	// directories 0700 before they get the booted entry's mode, and the
+	// state under /run is ours alone (issue 11).
+	syscall.Umask(0o077)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:]))

@@ -449,6 +449,7 @@ func contentionCleanup(t *testing.T, fx *fixture, c *contention, runs int, rep *
 	var base, during [2][]time.Duration
 	var baseP99, runP99 [2]sample
 	var dirty [2][]int64
+	var bds []execBreakdown
 	for i := 0; i < runs; i++ {
 		for k := 0; k < 2; k++ {
 			side := (i + k) % 2
@@ -460,7 +461,9 @@ func contentionCleanup(t *testing.T, fx *fixture, c *contention, runs int, rep *
 					start := time.Now()
 					var err error
 					if side == ours {
-						_, err = executeOurs(ctx, dst, fx.plan, entries, runDir)
+						var bd execBreakdown
+						bd, err = executeOurs(ctx, dst, fx.plan, entries, runDir)
+						bds = append(bds, bd)
 					} else {
 						_, _, err = harness.RunOstree(ctx, "admin", "cleanup", "--sysroot="+dst)
 					}
@@ -491,7 +494,7 @@ func contentionCleanup(t *testing.T, fx *fixture, c *contention, runs int, rep *
 		fmtDur(wall[ours].median()), fmtDur(wall[theirs].median()),
 		fmt.Sprintf("%.2f×", r), goal(r <= 0.25, "≤0.25×"),
 		wall[ours].spread(), wall[theirs].spread(),
-		fmt.Sprintf("paired %.2f×; %s with ours, %s with ostree", pairedRatio(wall[ours], wall[theirs]), dirtyNote(dirty[ours]), dirtyNote(dirty[theirs])))
+		fmt.Sprintf("paired %.2f×; %s; %s with ours, %s with ostree", pairedRatio(wall[ours], wall[theirs]), breakdownNote(bds), dirtyNote(dirty[ours]), dirtyNote(dirty[theirs])))
 	for side, g := range []string{"≤1.5×", "reported"} {
 		bp, rp := p99(base[side]), p99(during[side])
 		q := float64(rp) / float64(bp)

@@ -98,6 +98,18 @@ func (l *barrierLog) check(t *testing.T, final bool) int {
 	return n
 }
 
+// depth0Plan is the plan of depth0Repo with c2 as the root.
+func depth0Plan(t *testing.T) (*graph, []ostree.ObjectName, *Plan) {
+	t.Helper()
+	g, c := depth0Repo()
+	roots := []ostree.ObjectName{c["c2"]}
+	p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, roots, p
+}
+
 // The real deleter on a real directory: every phase's unlinks are durable
 // (their directories fsynced, the fsyncs completed) before the next phase's
 // first unlink, everything is durable when Execute returns, and no syncfs
@@ -118,12 +130,7 @@ func TestRepoDeleterBarrierOrder(t *testing.T) {
 			t.Fatalf("%s: idle Sync: %v, calls %v", name, err, l.Lines[n:])
 		}
 	}
-	g, c := depth0Repo()
-	roots := []ostree.ObjectName{c["c2"]}
-	p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, roots, p := depth0Plan(t)
 	run(t, "depth0", g, roots, p, true)
 	randomPlans(t, 15, 40, 1, func(i int, r *rand.Rand, g *graph, roots []ostree.ObjectName, p *Plan) {
 		run(t, fmt.Sprintf("repo %d", i), g, roots, p, r.IntN(2) == 0)
@@ -133,12 +140,7 @@ func TestRepoDeleterBarrierOrder(t *testing.T) {
 // A run resumed after a SIGKILL finds the killed run's unlinks already
 // done (ENOENT): their directories still get fsynced before the next phase.
 func TestRepoDeleterBarrierAfterKill(t *testing.T) {
-	g, c := depth0Repo()
-	roots := []ostree.ObjectName{c["c2"]}
-	p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, roots, p := depth0Plan(t)
 	d, l := barrierRepo(t, g, false)
 	// The killed run: the commits went, nothing was synced.
 	for _, e := range p.Entries() {
@@ -194,12 +196,7 @@ func TestRepoDeleterBarrierFallback(t *testing.T) {
 		wantSyncfs bool
 	}{{unix.EINVAL, true}, {unix.ENOTSUP, true}, {unix.EIO, false}} {
 		t.Run(tc.errno.Error(), func(t *testing.T) {
-			g, c := depth0Repo()
-			roots := []ostree.ObjectName{c["c2"]}
-			p, err := ComputePlan(context.Background(), g, roots, "file", g.children)
-			if err != nil {
-				t.Fatal(err)
-			}
+			g, roots, p := depth0Plan(t)
 			d, l := barrierRepo(t, g, false)
 			l.fsyncErr = func(string) error { return tc.errno }
 			res, err := p.Execute(context.Background(), d, &live{g: g, roots: roots}, nil)

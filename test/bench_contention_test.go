@@ -505,8 +505,8 @@ func contentionCleanup(t *testing.T, fx *fixture, c *contention, runs int, rep *
 		rep.add(fmt.Sprintf("fsync loop p99 during %s / without cleanup", names[side]),
 			fmtMs(rp), fmtMs(bp), fmt.Sprintf("%.2f×", q), verdict,
 			spreadMs(runP99[side]), spreadMs(baseP99[side]),
-			fmt.Sprintf("p99 of all runs' fsyncs pooled (%d during, %d without); per-run p99 medians %s / %s",
-				len(during[side]), len(base[side]), fmtMs(runP99[side].median()), fmtMs(baseP99[side].median())))
+			fmt.Sprintf("p99 of all runs' fsyncs pooled (%d during, %d without); per-run p99 medians %s / %s; median of the per-run ratios %.2f×",
+				len(during[side]), len(base[side]), fmtMs(runP99[side].median()), fmtMs(baseP99[side].median()), pairedRatio(runP99[side], baseP99[side])))
 	}
 }
 

@@ -207,6 +207,7 @@ func startFsyncLoop(t testing.TB) *loadProc {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	p := startLoad(t, "fsync", dir)
 	waitFor(t, "the fsync loop's first fsync", time.Minute, func() bool {
 		_, err := os.Stat(filepath.Join(dir, "ready"))

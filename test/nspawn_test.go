@@ -1,0 +1,263 @@
+package test
+
+// The units under a real systemd: a Debian root (test/roots/build.sh, with
+// the root's own ostree: bookworm's 2022.7 and trixie's 2025.x) committed
+// into a sysroot with our `make install` tree and booted under
+// systemd-nspawn as an ostree deployment. Staging, the watcher, the seal at
+// poweroff, ostree's own ostree-finalize-staged.service, the drop-in's
+// finalize --post and the next boot's cleanup timer all run under the
+// deployment's PID 1. The oracles are a boot of the same root without our
+// units (the new /etc) and `ostree admin cleanup` on a copy (the objects).
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
+)
+
+const (
+	unitWatch = "ostree-prefinalize-watch.service"
+	unitSeal  = "ostree-prefinalize-seal.service"
+	unitStage = "ostree-prefinalize-stage.service"
+	unitClean = "ostree-prefinalize-cleanup.service"
+	unitOstFS = "ostree-finalize-staged.service"
+	bootLimit = 3 * time.Minute
+)
+
+// The /usr/etc defaults of v0, v1 and the update v2.
+var bootUsrEtc = []map[string]string{
+	{"opf/up.conf": "v0\n"},
+	{"opf/up.conf": "v1\n", "opf/keep.conf": "default 1\n", "opf/mode.conf": "m1\n"},
+	{"opf/up.conf": "v2\n", "opf/keep.conf": "default 2\n", "opf/mode.conf": "m2\n", "opf/new.conf": "new in v2\n"},
+}
+
+// Admin edits of the booted /etc: before staging, and while the watcher
+// runs (or, for the ostree-only run, at the same point).
+const (
+	bootEditsBefore = `set -e
+echo local > /etc/opf/keep.conf
+echo added > /etc/opf/added.conf
+rm -f /etc/issue.net
+`
+	bootEditsAfter = `set -e
+echo later >> /etc/opf/added.conf
+chmod 0600 /etc/opf/mode.conf
+mkdir -p /etc/opf/dir/sub && echo x > /etc/opf/dir/sub/f && ln -s ../added.conf /etc/opf/dir/link
+echo changed >> /etc/hostname
+rm -f /etc/opf/up.conf
+`
+)
+
+// bootSuites are the oracles: Debian roots and their ostree.
+var bootSuites = []string{"bookworm", "trixie"}
+
+// ourInstall is `make install DESTDIR=` (static binary: it runs against
+// the root's libc) plus the test's cleanup timer override.
+func ourInstall(t *testing.T) string {
+	t.Helper()
+	dest := t.TempDir()
+	root, _ := filepath.Abs("..")
+	cmd := exec.Command("make", "-C", root, "--no-print-directory", "install", "DESTDIR="+dest,
+		"BIN="+filepath.Join(t.TempDir(), "ostree-prefinalize"))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install DESTDIR: %v\n%s", err, out)
+	}
+	// The test's override: the cleanup 2 s after boot instead of 10-30 min.
+	dropin := filepath.Join(dest, "usr/lib/systemd/system/ostree-prefinalize-cleanup.timer.d")
+	if err := os.MkdirAll(dropin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dropin, "test.conf"),
+		[]byte("[Timer]\nOnBootSec=\nOnBootSec=2s\nRandomizedDelaySec=0\nAccuracySec=1s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dest
+}
+
+// bootEnv is one oracle: the image with our units and the one without.
+type bootEnv struct {
+	suite      string
+	ours, base *harness.BootImage
+	// baseEtc is the new deployment's /etc after the ostree-only run.
+	baseEtc harness.Manifest
+}
+
+func TestNspawnBoot(t *testing.T) {
+	for _, s := range bootSuites {
+		harness.RequireNspawn(t, s)
+	}
+	inst := ourInstall(t)
+	for _, suite := range bootSuites {
+		t.Run(suite, func(t *testing.T) {
+			root := harness.RequireNspawn(t, suite)
+			e := &bootEnv{suite: suite}
+			e.base = harness.NewBootImage(t, suite, root, harness.BootImageOptions{UsrEtc: bootUsrEtc})
+			e.ours = harness.NewBootImage(t, suite, root, harness.BootImageOptions{UsrEtc: bootUsrEtc,
+				Layers: []string{inst},
+				Enable: map[string][]string{
+					"multi-user.target": {"ostree-prefinalize.path"},
+					"timers.target":     {"ostree-prefinalize-cleanup.timer"},
+				}})
+			if !t.Run("ostree-only", e.ostreeOnly) {
+				t.FailNow()
+			}
+			t.Run("lifecycle", e.lifecycle)
+		})
+	}
+}
+
+// bootRun is one boot of a copy of an image up to the staged update with
+// every edit made.
+type bootRun struct {
+	s      *harness.Sysroot
+	m      *harness.Machine
+	update string
+}
+
+// stage boots a copy of img, edits /etc, stages the update; with ours, it
+// waits for stage and the watcher (Type=notify: active only once it is
+// watching) before the second edits.
+func (e *bootEnv) stage(t *testing.T, img *harness.BootImage, ours bool) *bootRun {
+	t.Helper()
+	r := &bootRun{s: img.Sysroot.Copy(t)}
+	r.m = r.s.NspawnBoot(t, r.s.Deployments()[0])
+	r.m.MustShell(bootEditsBefore)
+	r.update = img.CommitUpdate(r.s)
+	r.m.MustRun("ostree", "admin", "deploy", "--stage", "--os="+harness.NspawnOS, img.Branch)
+	if ours {
+		r.m.WaitUnit(unitWatch, "active/running", time.Minute)
+		if st := r.m.UnitState(unitStage); st != "inactive/dead/success" {
+			t.Fatalf("%s: %s", unitStage, st)
+		}
+		if st := r.m.UnitState(unitSeal); !strings.HasPrefix(st, "active/exited") {
+			t.Fatalf("%s: %s", unitSeal, st)
+		}
+	}
+	r.m.MustShell(bootEditsAfter)
+	return r
+}
+
+// finalized checks that the update is the default deployment now.
+func (r *bootRun) finalized(t *testing.T) harness.Deployment {
+	t.Helper()
+	ds := r.s.Deployments()
+	if len(ds) != 2 || ds[0].Checksum != r.update {
+		t.Fatalf("after poweroff: want the update %s first of 2 deployments:\n%s", r.update, r.s.Status())
+	}
+	return ds[0]
+}
+
+func bootEtc(t *testing.T, d harness.Deployment) harness.Manifest {
+	t.Helper()
+	return etcManifest(t, d.EtcDir(), false)
+}
+
+// ostreeOnly: the same steps without our units; ostree merges at poweroff.
+func (e *bootEnv) ostreeOnly(t *testing.T) {
+	r := e.stage(t, e.base, false)
+	r.m.Poweroff(bootLimit)
+	d := r.finalized(t)
+	e.baseEtc = bootEtc(t, d)
+	if _, err := os.Stat(filepath.Join(r.s.Path, "ostree/prefinalize")); err == nil {
+		t.Fatalf("the image without our units has ostree/prefinalize")
+	}
+	j := r.s.Journal(t)
+	if i := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitOstFS && strings.Contains(x.Message, "Copying /etc changes")
+	}); i < 0 {
+		t.Fatalf("ostree's finalization did not merge /etc:\n%s", journalText(j))
+	}
+}
+
+// lifecycle: stage, watcher, edits, poweroff (seal, ostree's
+// finalization, finalize --post, in that order), the /etc of the
+// ostree-only run, next boot's cleanup = `ostree admin cleanup`.
+func (e *bootEnv) lifecycle(t *testing.T) {
+	r := e.stage(t, e.ours, true)
+	r.m.Poweroff(bootLimit)
+	d := r.finalized(t)
+	j := r.s.Journal(t)
+	seal := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "sealed the /etc merge")
+	})
+	fin := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitOstFS && x.Ident == "ostree"
+	})
+	post := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitOstFS && x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "Plan persisted")
+	})
+	if seal < 0 || fin < 0 || post < 0 || !(seal < fin && fin < post) {
+		t.Fatalf("want seal < ostree's finalization < finalize --post in the journal, got %d %d %d:\n%s", seal, fin, post, journalText(j))
+	}
+	if i := journalFind(j, 0, func(x harness.JournalEntry) bool { return strings.Contains(x.Message, "Copying /etc changes") }); i >= 0 {
+		t.Errorf("ostree merged /etc although we took over: %s", j[i])
+	}
+	if diff := bootEtc(t, d).Diff(e.baseEtc); diff != nil {
+		t.Fatalf("new /etc differs from the ostree-only run:\n%s", strings.Join(diff, "\n"))
+	}
+	plan := filepath.Join(r.s.Path, "ostree/prefinalize/cleanup.db")
+	if _, err := os.Stat(plan); err != nil {
+		t.Fatalf("no plan persisted: %v", err)
+	}
+
+	// The oracle: ostree admin cleanup (the root's ostree) on a copy.
+	oracle := r.s.Copy(t)
+	ostreeCleanup(t, oracle, d)
+	want := parityObjects(t, oracle.Repo)
+	before := parityObjects(t, r.s.Repo)
+
+	m := r.s.NspawnBoot(t, d)
+	m.Poll("the cleanup timer to run the cleanup", 2*time.Minute, func() bool {
+		_, err := os.Stat(plan)
+		return os.IsNotExist(err) && m.UnitState(unitClean) == "inactive/dead/success"
+	})
+	m.Poweroff(bootLimit)
+	after := parityObjects(t, r.s.Repo)
+	if len(before) == len(want) {
+		t.Fatalf("ostree admin cleanup deleted nothing: the scenario checks nothing")
+	}
+	if d1, d2 := setMinus(after, want), setMinus(want, after); len(d1)+len(d2) > 0 {
+		t.Fatalf("objects after the next boot's cleanup differ from ostree admin cleanup's: extra %v, missing %v", d1, d2)
+	}
+}
+
+// ostreeCleanup runs the root's `ostree admin cleanup` on s (not booted),
+// in a container of deployment d.
+func ostreeCleanup(t *testing.T, s *harness.Sysroot, d harness.Deployment) {
+	t.Helper()
+	deploy := s.DeploymentDir(d.OS, d.Checksum, d.Serial)
+	out, err := exec.Command("systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--read-only", "--directory="+deploy,
+		"--bind="+s.Path+":/sysroot", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+		"ostree", "admin", "cleanup", "--sysroot=/sysroot").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ostree admin cleanup in %s: %v\n%s", deploy, err, out)
+	}
+}
+
+func journalFind(j []harness.JournalEntry, from int, f func(harness.JournalEntry) bool) int {
+	for i := from; i < len(j); i++ {
+		if f(j[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// journalText is the journal of our units, ostree's and PID 1's stopping
+// messages, for failure messages.
+func journalText(j []harness.JournalEntry) string {
+	var b strings.Builder
+	for _, e := range j {
+		if strings.Contains(e.Unit, "ostree") || strings.Contains(e.Ident, "ostree") {
+			b.WriteString(e.String())
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}

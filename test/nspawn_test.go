@@ -108,6 +108,7 @@ func TestNspawnBoot(t *testing.T) {
 				t.FailNow()
 			}
 			t.Run("lifecycle", e.lifecycle)
+			t.Run("watcher-killed", e.watcherKilled)
 		})
 	}
 }
@@ -181,30 +182,9 @@ func (e *bootEnv) ostreeOnly(t *testing.T) {
 func (e *bootEnv) lifecycle(t *testing.T) {
 	r := e.stage(t, e.ours, true)
 	r.m.Poweroff(bootLimit)
-	d := r.finalized(t)
-	j := r.s.Journal(t)
-	seal := journalFind(j, 0, func(x harness.JournalEntry) bool {
-		return x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "sealed the /etc merge")
-	})
-	fin := journalFind(j, 0, func(x harness.JournalEntry) bool {
-		return x.Unit == unitOstFS && x.Ident == "ostree"
-	})
-	post := journalFind(j, 0, func(x harness.JournalEntry) bool {
-		return x.Unit == unitOstFS && x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "Plan persisted")
-	})
-	if seal < 0 || fin < 0 || post < 0 || !(seal < fin && fin < post) {
-		t.Fatalf("want seal < ostree's finalization < finalize --post in the journal, got %d %d %d:\n%s", seal, fin, post, journalText(j))
-	}
-	if i := journalFind(j, 0, func(x harness.JournalEntry) bool { return strings.Contains(x.Message, "Copying /etc changes") }); i >= 0 {
-		t.Errorf("ostree merged /etc although we took over: %s", j[i])
-	}
-	if diff := bootEtc(t, d).Diff(e.baseEtc); diff != nil {
-		t.Fatalf("new /etc differs from the ostree-only run:\n%s", strings.Join(diff, "\n"))
-	}
-	plan := filepath.Join(r.s.Path, "ostree/prefinalize/cleanup.db")
-	if _, err := os.Stat(plan); err != nil {
-		t.Fatalf("no plan persisted: %v", err)
-	}
+	// The watcher's ExecStopPost seals; journald may not attribute the
+	// line to the unit (the process is gone when it looks), so any seal.
+	d, j := e.sealedAndFinalized(t, r, "")
 
 	// The oracle: ostree admin cleanup (the root's ostree) on a copy.
 	oracle := r.s.Copy(t)
@@ -213,6 +193,7 @@ func (e *bootEnv) lifecycle(t *testing.T) {
 	before := parityObjects(t, r.s.Repo)
 
 	m := r.s.NspawnBoot(t, d)
+	plan := filepath.Join(r.s.Path, "ostree/prefinalize/cleanup.db")
 	m.Poll("the cleanup timer to run the cleanup", 2*time.Minute, func() bool {
 		_, err := os.Stat(plan)
 		return os.IsNotExist(err) && m.UnitState(unitClean) == "inactive/dead/success"
@@ -223,10 +204,65 @@ func (e *bootEnv) lifecycle(t *testing.T) {
 		t.Fatalf("ostree admin cleanup deleted nothing: the scenario checks nothing")
 	}
 	if d1, d2 := setMinus(after, want), setMinus(want, after); len(d1)+len(d2) > 0 {
-		t.Fatalf("objects after the next boot's cleanup differ from ostree admin cleanup's: extra %v, missing %v", d1, d2)
+		t.Fatalf("objects after the next boot's cleanup differ from ostree admin cleanup's: extra %v, missing %v\n%s", d1, d2, journalText(j))
 	}
 }
 
+// sealedAndFinalized checks a poweroff with our units: the journal shows
+// sealUnit's seal ("": any) before ostree's finalization and finalize --post after
+// it, ostree did not merge, the new /etc is the ostree-only run's, and the
+// plan is persisted.
+func (e *bootEnv) sealedAndFinalized(t *testing.T, r *bootRun, sealUnit string) (harness.Deployment, []harness.JournalEntry) {
+	t.Helper()
+	d := r.finalized(t)
+	j := r.s.Journal(t)
+	t.Logf("journal (ostree units and ours):\n%s", journalText(j))
+	seal := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return (sealUnit == "" || x.Unit == sealUnit) && x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "sealed the /etc merge")
+	})
+	fin := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitOstFS && x.Ident == "ostree"
+	})
+	post := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitOstFS && x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "Plan persisted")
+	})
+	if seal < 0 || fin < 0 || post < 0 || !(seal < fin && fin < post) {
+		t.Fatalf("want %s's seal < ostree's finalization < finalize --post in the journal, got %d %d %d:\n%s", sealUnit, seal, fin, post, journalText(j))
+	}
+	if i := journalFind(j, 0, func(x harness.JournalEntry) bool { return strings.Contains(x.Message, "Copying /etc changes") }); i >= 0 {
+		t.Errorf("ostree merged /etc although we took over: %s", j[i])
+	}
+	if diff := bootEtc(t, d).Diff(e.baseEtc); diff != nil {
+		t.Fatalf("new /etc differs from the ostree-only run:\n%s\n%s", strings.Join(diff, "\n"), journalText(j))
+	}
+	if _, err := os.Stat(filepath.Join(r.s.Path, "ostree/prefinalize/cleanup.db")); err != nil {
+		t.Fatalf("no plan persisted: %v", err)
+	}
+	return d, j
+}
+
+// watcherKilled: the watcher dies for good (SIGKILL, no restart) before
+// the second edits; at poweroff the seal unit alone seals them.
+func (e *bootEnv) watcherKilled(t *testing.T) {
+	r := &bootRun{s: e.ours.Sysroot.Copy(t)}
+	r.m = r.s.NspawnBoot(t, r.s.Deployments()[0])
+	r.m.MustShell(bootEditsBefore)
+	r.update = e.ours.CommitUpdate(r.s)
+	r.m.MustRun("ostree", "admin", "deploy", "--stage", "--os="+harness.NspawnOS, e.ours.Branch)
+	r.m.WaitUnit(unitWatch, "active/running", time.Minute)
+	// For good: no restart (a runtime drop-in), then SIGKILL.
+	r.m.MustShell(`set -e
+mkdir -p /run/systemd/system/` + unitWatch + `.d
+printf '[Service]
+Restart=no
+' > /run/systemd/system/` + unitWatch + `.d/test.conf
+systemctl daemon-reload
+systemctl kill --signal=SIGKILL ` + unitWatch)
+	r.m.WaitUnit(unitWatch, "failed/failed/signal", time.Minute)
+	r.m.MustShell(bootEditsAfter)
+	r.m.Poweroff(bootLimit)
+	e.sealedAndFinalized(t, r, unitSeal)
+}
 // ostreeCleanup runs the root's `ostree admin cleanup` on s (not booted),
 // in a container of deployment d.
 func ostreeCleanup(t *testing.T, s *harness.Sysroot, d harness.Deployment) {
@@ -254,7 +290,7 @@ func journalFind(j []harness.JournalEntry, from int, f func(harness.JournalEntry
 func journalText(j []harness.JournalEntry) string {
 	var b strings.Builder
 	for _, e := range j {
-		if strings.Contains(e.Unit, "ostree") || strings.Contains(e.Ident, "ostree") {
+		if strings.HasPrefix(e.Unit, "ostree") || strings.HasPrefix(e.Ident, "ostree") {
 			b.WriteString(e.String())
 			b.WriteByte('\n')
 		}

@@ -480,9 +480,10 @@ func (s *Sysroot) Journal(t testing.TB) []JournalEntry {
 		if err := json.Unmarshal(sc.Bytes(), &raw); err != nil {
 			t.Fatalf("journal: %v: %s", err, sc.Text())
 		}
-		e := JournalEntry{Boot: jstr(raw["_BOOT_ID"]), Unit: jstr(raw["_SYSTEMD_UNIT"]), Ident: jstr(raw["SYSLOG_IDENTIFIER"]), Message: jstr(raw["MESSAGE"])}
+		// UNIT is set on PID 1's messages about a unit (Stopping...).
+		e := JournalEntry{Boot: jstr(raw["_BOOT_ID"]), Unit: jstr(raw["UNIT"]), Ident: jstr(raw["SYSLOG_IDENTIFIER"]), Message: jstr(raw["MESSAGE"])}
 		if e.Unit == "" {
-			e.Unit = jstr(raw["UNIT"]) // PID 1's messages about a unit
+			e.Unit = jstr(raw["_SYSTEMD_UNIT"])
 		}
 		e.Priority, _ = strconv.Atoi(jstr(raw["PRIORITY"]))
 		es = append(es, e)

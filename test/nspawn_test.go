@@ -29,11 +29,13 @@ const (
 	bootLimit = 3 * time.Minute
 )
 
-// The /usr/etc defaults of v0, v1 and the update v2.
-var bootUsrEtc = []map[string]string{
-	{"opf/up.conf": "v0\n"},
-	{"opf/up.conf": "v1\n", "opf/keep.conf": "default 1\n", "opf/mode.conf": "m1\n"},
-	{"opf/up.conf": "v2\n", "opf/keep.conf": "default 2\n", "opf/mode.conf": "m2\n", "opf/new.conf": "new in v2\n"},
+// The versions: /usr/etc defaults of v0, v1 and the update v2, which also
+// has a new kernel (so its finalization writes /boot: a new bootconfig).
+var bootVersions = []map[string]string{
+	{"usr/etc/opf/up.conf": "v0\n"},
+	{"usr/etc/opf/up.conf": "v1\n", "usr/etc/opf/keep.conf": "default 1\n", "usr/etc/opf/mode.conf": "m1\n"},
+	{"usr/etc/opf/up.conf": "v2\n", "usr/etc/opf/keep.conf": "default 2\n", "usr/etc/opf/mode.conf": "m2\n", "usr/etc/opf/new.conf": "new in v2\n",
+		"usr/lib/modules/6.1.0-test/vmlinuz": "kernel v2\n"},
 }
 
 // Admin edits of the booted /etc: before staging, and while the watcher
@@ -97,8 +99,8 @@ func TestNspawnBoot(t *testing.T) {
 		t.Run(suite, func(t *testing.T) {
 			root := harness.RequireNspawn(t, suite)
 			e := &bootEnv{suite: suite}
-			e.base = harness.NewBootImage(t, suite, root, harness.BootImageOptions{UsrEtc: bootUsrEtc})
-			e.ours = harness.NewBootImage(t, suite, root, harness.BootImageOptions{UsrEtc: bootUsrEtc,
+			e.base = harness.NewBootImage(t, suite, root, harness.BootImageOptions{Versions: bootVersions})
+			e.ours = harness.NewBootImage(t, suite, root, harness.BootImageOptions{Versions: bootVersions,
 				Layers: []string{inst},
 				Enable: map[string][]string{
 					"multi-user.target": {"ostree-prefinalize.path"},
@@ -109,6 +111,8 @@ func TestNspawnBoot(t *testing.T) {
 			}
 			t.Run("lifecycle", e.lifecycle)
 			t.Run("watcher-killed", e.watcherKilled)
+			t.Run("watcher-hung", e.watcherHung)
+			t.Run("finalize-fails", e.finalizeFails)
 		})
 	}
 }
@@ -241,6 +245,71 @@ func (e *bootEnv) sealedAndFinalized(t *testing.T, r *bootRun, sealUnit string) 
 	return d, j
 }
 
+// stageOurs is stage for the image with our units.
+func (e *bootEnv) stageOurs(t *testing.T) *bootRun { return e.stage(t, e.ours, true) }
+
+// runtimeDropin adds a drop-in for unit under /run (body in printf's
+// syntax) and reloads systemd.
+func runtimeDropin(m *harness.Machine, unit, body string) {
+	m.MustShell(`set -e
+mkdir -p /run/systemd/system/` + unit + `.d
+printf '` + body + `' > /run/systemd/system/` + unit + `.d/test.conf
+systemctl daemon-reload`)
+}
+
+// watcherHung: the watcher ignores SIGTERM at shutdown (stopped with
+// SIGSTOP): systemd kills it after its TimeoutStopSec (3 s here, by a
+// runtime drop-in) and the shutdown goes on: the seal, ostree's
+// finalization and --post run, and the result is the same.
+func (e *bootEnv) watcherHung(t *testing.T) {
+	r := e.stageOurs(t)
+	runtimeDropin(r.m, unitWatch, `[Service]\nTimeoutStopSec=3s\n`)
+	r.m.MustRun("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", unitWatch)
+	r.m.Poweroff(bootLimit)
+	_, j := e.sealedAndFinalized(t, r, unitSeal)
+	if i := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitWatch && strings.Contains(x.Message, "timed out")
+	}); i < 0 {
+		t.Fatalf("no stop timeout of the watcher in the journal:\n%s", journalText(j))
+	}
+}
+
+// finalizeFails: ostree's finalization fails at poweroff (the sysroot's
+// boot directory made immutable from outside, so the update's new
+// bootloader configuration cannot be written; ostree remounts a read-only
+// /boot itself): finalize --post does not run, no plan is persisted,
+// nothing is deleted, and the update is not the default.
+func (e *bootEnv) finalizeFails(t *testing.T) {
+	r := e.stageOurs(t)
+	before := parityObjects(t, r.s.Repo)
+	boot := filepath.Join(r.s.Path, "boot")
+	if out, err := exec.Command("chattr", "+i", boot).CombinedOutput(); err != nil {
+		t.Fatalf("chattr +i %s: %v\n%s", boot, err, out)
+	}
+	defer exec.Command("chattr", "-i", boot).Run()
+	r.m.Poweroff(bootLimit)
+	exec.Command("chattr", "-i", boot).Run()
+	j := r.s.Journal(t)
+	t.Logf("journal (ostree units and ours):\n%s", journalText(j))
+	if i := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Unit == unitOstFS && strings.Contains(x.Message, "Failed with result")
+	}); i < 0 {
+		t.Fatalf("ostree's finalization did not fail:\n%s", journalText(j))
+	}
+	if i := journalFind(j, 0, func(x harness.JournalEntry) bool { return strings.Contains(x.Message, "Plan persisted") }); i >= 0 {
+		t.Fatalf("finalize --post ran after a failed finalization: %s", j[i])
+	}
+	if _, err := os.Stat(filepath.Join(r.s.Path, "ostree/prefinalize/cleanup.db")); !os.IsNotExist(err) {
+		t.Fatalf("a plan was persisted after a failed finalization: %v", err)
+	}
+	if ds := r.s.Deployments(); len(ds) == 0 || ds[0].Checksum == r.update {
+		t.Fatalf("the update became the default although finalization failed:\n%s", r.s.Status())
+	}
+	if after := parityObjects(t, r.s.Repo); len(setMinus(before, after)) > 0 {
+		t.Fatalf("objects deleted after a failed finalization: %v", setMinus(before, after))
+	}
+}
+
 // watcherKilled: the watcher dies for good (SIGKILL, no restart) before
 // the second edits; at poweroff the seal unit alone seals them.
 func (e *bootEnv) watcherKilled(t *testing.T) {
@@ -251,13 +320,8 @@ func (e *bootEnv) watcherKilled(t *testing.T) {
 	r.m.MustRun("ostree", "admin", "deploy", "--stage", "--os="+harness.NspawnOS, e.ours.Branch)
 	r.m.WaitUnit(unitWatch, "active/running", time.Minute)
 	// For good: no restart (a runtime drop-in), then SIGKILL.
-	r.m.MustShell(`set -e
-mkdir -p /run/systemd/system/` + unitWatch + `.d
-printf '[Service]
-Restart=no
-' > /run/systemd/system/` + unitWatch + `.d/test.conf
-systemctl daemon-reload
-systemctl kill --signal=SIGKILL ` + unitWatch)
+	runtimeDropin(r.m, unitWatch, `[Service]\nRestart=no\n`)
+	r.m.MustRun("systemctl", "kill", "--signal=SIGKILL", unitWatch)
 	r.m.WaitUnit(unitWatch, "failed/failed/signal", time.Minute)
 	r.m.MustShell(bootEditsAfter)
 	r.m.Poweroff(bootLimit)

@@ -72,9 +72,10 @@ type BootImageOptions struct {
 	// Enable lists units to enable as a vendor preset would
 	// (TARGET.wants/UNIT symlinks under /usr/lib/systemd/system).
 	Enable map[string][]string
-	// UsrEtc are files of /usr/etc (the new defaults) per version: index 0
-	// for v0, 1 for v1, 2 for the update (CommitUpdate); "" deletes.
-	UsrEtc []map[string]string
+	// Versions are files (paths relative to the tree) overlaid per version:
+	// index 0 on v0, 1 on v1, 2 on the update (CommitUpdate). Overlays add
+	// or replace, they cannot delete.
+	Versions []map[string]string
 }
 
 // NewBootImage builds the template sysroot: the root (without /dev, /proc,
@@ -85,6 +86,8 @@ type BootImageOptions struct {
 // journal, and the layers; committed as v0 and v1 and both deployed.
 func NewBootImage(t testing.TB, suite, root string, o BootImageOptions) *BootImage {
 	t.Helper()
+	start := time.Now()
+	defer func() { t.Logf("boot image of %s built in %v", suite, time.Since(start).Round(time.Millisecond)) }()
 	work := t.TempDir()
 	layer := filepath.Join(work, "boot")
 	unitDir := filepath.Join(layer, "usr/lib/systemd/system")
@@ -100,6 +103,7 @@ func NewBootImage(t testing.TB, suite, root string, o BootImageOptions) *BootIma
 		"# the initramfs's ostree-prepare-root makes this on a real boot\nf /run/ostree-booted 0644 root root -\n")
 	mustWrite(t, filepath.Join(layer, "usr/lib/systemd/journald.conf.d/test.conf"), "[Journal]\nStorage=persistent\n")
 	installOstreeBoot(t, root, work, unitDir)
+	t.Logf("ostree-boot units after %v", time.Since(start).Round(time.Millisecond))
 	// ostree 2022.7 starts its finalization unit through its path unit;
 	// ostree ≥ 2025.2 has none (deploy --stage starts the service).
 	enable := map[string][]string{}
@@ -130,11 +134,12 @@ func NewBootImage(t testing.TB, suite, root string, o BootImageOptions) *BootIma
 	for _, l := range o.Layers {
 		args = append(args, "--tree=dir="+l)
 	}
-	if len(o.UsrEtc) > 0 {
-		args = append(args, "--tree=dir="+usrEtcLayer(t, o.UsrEtc[0]))
+	if len(o.Versions) > 0 {
+		args = append(args, "--tree=dir="+filesLayer(t, o.Versions[0]))
 	}
 	s.mustRun("ostree", args...)
-	img.updates = o.UsrEtc
+	t.Logf("committed after %v", time.Since(start).Round(time.Millisecond))
+	img.updates = o.Versions
 	v0 := s.RevParse(img.Branch)
 	img.commitVersion(1)
 	s.Deploy(NspawnOS, v0)
@@ -147,7 +152,7 @@ func (img *BootImage) commitVersion(v int) {
 	s.t.Helper()
 	args := []string{"commit", "--repo=" + s.Repo, "-b", img.Branch, "-s", "v" + strconv.Itoa(v), "--tree=ref=" + img.Branch}
 	if v < len(img.updates) {
-		args = append(args, "--tree=dir="+usrEtcLayer(s.t, img.updates[v]))
+		args = append(args, "--tree=dir="+filesLayer(s.t, img.updates[v]))
 	} else {
 		args = append(args, "--allow-empty") // only the version differs
 	}
@@ -163,14 +168,13 @@ func (img *BootImage) CommitUpdate(s *Sysroot) string {
 	return s.RevParse(img.Branch)
 }
 
-// usrEtcLayer is a tree with files (relative to /usr/etc; "" content makes
-// an empty file: ostree layers cannot delete).
-func usrEtcLayer(t testing.TB, files map[string]string) string {
+// filesLayer is a tree with files (relative paths to contents).
+func filesLayer(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for p, c := range files {
-		mustMkdir(t, filepath.Dir(filepath.Join(dir, "usr/etc", p)))
-		mustWrite(t, filepath.Join(dir, "usr/etc", p), c)
+		mustMkdir(t, filepath.Dir(filepath.Join(dir, p)))
+		mustWrite(t, filepath.Join(dir, p), c)
 	}
 	return dir
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -511,4 +512,88 @@ func jstr(v any) string {
 		return string(b)
 	}
 	return ""
+}
+
+// HostPID is the host's PID of the unit's main process (0 when none).
+func (m *Machine) HostPID(unit string) int {
+	m.t.Helper()
+	inner, _ := strconv.Atoi(strings.TrimSpace(m.MustRun("systemctl", "show", "--value", "--property=MainPID", unit)))
+	if inner == 0 {
+		return 0
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", m.leader))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/status")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 3 && f[0] == "NSpid:" && f[2] == strconv.Itoa(inner) {
+				pid, _ := strconv.Atoi(f[1])
+				if n, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); n == ns {
+					return pid
+				}
+			}
+		}
+	}
+	m.t.Fatalf("%s: no host PID for %s's main PID %d", m.Name, unit, inner)
+	return 0
+}
+
+// Hang stops the unit's main process for good, as a process that hangs
+// would: every thread traced from the host (ptrace), so neither SIGTERM
+// nor the SIGCONT systemd sends after it resumes it; only SIGKILL ends it.
+// The tracer reaps each thread's exit so systemd sees the process end.
+func (m *Machine) Hang(unit string) {
+	m.t.Helper()
+	pid := m.HostPID(unit)
+	attached := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // ptrace is per tracer thread; it ends with us
+		traced := map[int]bool{}
+		for grew := true; grew; { // until no thread is left untraced
+			grew = false
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			if err != nil {
+				attached <- err
+				return
+			}
+			for _, e := range ents {
+				tid, _ := strconv.Atoi(e.Name())
+				if traced[tid] {
+					continue
+				}
+				if err := syscall.PtraceAttach(tid); err != nil {
+					attached <- fmt.Errorf("thread %d: %w", tid, err)
+					return
+				}
+				var ws syscall.WaitStatus
+				if _, err := syscall.Wait4(tid, &ws, syscall.WALL, nil); err != nil {
+					attached <- err
+					return
+				}
+				traced[tid], grew = true, true
+			}
+		}
+		attached <- nil
+		// Never resume; reap each thread's exit (after SIGKILL).
+		for len(traced) > 0 {
+			for tid := range traced {
+				var ws syscall.WaitStatus
+				w, err := syscall.Wait4(tid, &ws, syscall.WALL|syscall.WNOHANG, nil)
+				if err != nil || (w == tid && (ws.Exited() || ws.Signaled())) {
+					delete(traced, tid)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	if err := <-attached; err != nil {
+		m.t.Fatalf("%s: ptrace %s (pid %d): %v", m.Name, unit, pid, err)
+	}
 }

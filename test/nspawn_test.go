@@ -328,6 +328,7 @@ func (e *bootEnv) watcherKilled(t *testing.T) {
 	r.m.Poweroff(bootLimit)
 	e.sealedAndFinalized(t, r, unitSeal)
 }
+
 // ostreeCleanup runs the root's `ostree admin cleanup` on s (not booted),
 // in a container of deployment d.
 func ostreeCleanup(t *testing.T, s *harness.Sysroot, d harness.Deployment) {

@@ -16,7 +16,7 @@ UNITS   := ostree-prefinalize.path ostree-prefinalize-stage.service ostree-prefi
 	ostree-prefinalize-metrics.service ostree-prefinalize-metrics.timer
 DROPIN  := ostree-finalize-staged.service.d/ostree-prefinalize.conf
 
-.PHONY: all deps build test demo bench fuzz fuzz-long stress install clean vet man completions systemd-verify
+.PHONY: all deps build test lint demo bench fuzz fuzz-long stress install clean vet man completions systemd-verify
 
 all: build
 
@@ -35,8 +35,15 @@ build:
 vet:
 	$(GO) vet ./...
 
-test: deps build
+test: deps build lint
 	OSTREE_PREFINALIZE_E2E=$(E2E) $(GO) test -count=1 -timeout 40m ./...
+
+# Static checks, part of `make test` (so CI fails on them): go.mod and
+# go.sum tidy, and staticcheck at a pinned version.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint:
+	$(GO) mod tidy -diff
+	$(GO) run $(STATICCHECK) ./...
 
 demo: deps build
 	./test/demo.sh
@@ -48,7 +55,7 @@ demo: deps build
 # end; BENCH_RUNS=N for more runs). Root; drops the page cache; ~30 min.
 # Benchmarks against the ostree command, both sides in one run, medians of
 # BENCH_RUNS (default 5) runs; root; drops the page cache for cold runs.
-# BENCH_ONLY=prune|etc|watch runs one of them.
+# BENCH_ONLY=prune|etc|watch|flood runs one of them.
 BENCH_RUNS ?= 5
 BENCH_ENV = OSTREE_PREFINALIZE_E2E=1 OSTREE_PREFINALIZE_BENCH=1 OSTREE_PREFINALIZE_BENCH_RUNS=$(BENCH_RUNS)
 bench: deps build
@@ -59,6 +66,8 @@ bench: deps build
 		$(BENCH_ENV) $(GO) test -count=1 -timeout 60m -run '^TestEtcMergeBench$$' -v ./test/ ; fi
 	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = watch ]; then \
 		$(BENCH_ENV) $(GO) test -count=1 -timeout 30m -run '^TestWatchBench$$' -v ./test/ ; fi
+	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = flood ]; then \
+		$(BENCH_ENV) $(GO) test -count=1 -timeout 30m -run '^TestWatchFloodBench$$' -v ./test/ ; fi
 
 # Every decoder of on-disk bytes has a Fuzz target; run each for FUZZTIME.
 fuzz:

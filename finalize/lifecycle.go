@@ -354,11 +354,15 @@ func catchUp(ctx context.Context, cfg *Config, snap *snapshot) EtcResult {
 		return fallback(ctx, cfg, snap.sys, fmt.Sprintf("bringing the /etc merge up to date: %v", err))
 	}
 	r := EtcResult{State: store.EtcPrecomputed, Takeover: true, Written: n, Reason: "taken over already; brought up to date"}
-	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	if err := store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		st, err := tx.State()
 		r.Policy = st.Policy
 		return err
-	})
+	}); err != nil {
+		// The merge is current (refresh just wrote the store); only the
+		// policy note of this result is missing.
+		cfg.Log.Warn("reading the SELinux policy state", "err", err)
+	}
 	cfg.Log.Info("the /etc merge was taken over already; brought it up to date", "written", n)
 	return r
 }
@@ -540,10 +544,14 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 	r := EtcResult{State: store.EtcFallback, Reason: reason}
 	log := cfg.Log.With("staged", sys.Staged.String())
 	var snapOrig []byte
-	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	if err := store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		snapOrig = tx.Blob(store.BlobOrigStaged)
 		return nil
-	})
+	}); err != nil {
+		// The backup file beside the store is the other copy of ostree's
+		// staged state: fall back on it.
+		log.Warn("reading ostree's staged state from the store", "err", err)
+	}
 	if snapOrig == nil {
 		snapOrig, _ = readBackup(cfg.RunDir)
 	}
@@ -730,8 +738,13 @@ func stagePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostr
 	}
 	var planBytes, predicted []byte
 	if err == nil {
-		planBytes, err = plan.MarshalBinary()
-		predicted = []byte(strings.Join(r.Survivors, "\n"))
+		if planBytes, err = plan.MarshalBinary(); err != nil {
+			// Never "planned" without a plan stored.
+			r = PruneResult{State: store.PruneInvalid, Reason: "encoding the prune plan: " + err.Error()}
+			cfg.Log.Warn("no prune plan", "err", err)
+		} else {
+			predicted = []byte(strings.Join(r.Survivors, "\n"))
+		}
 	}
 	uerr := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		st, err := tx.State()

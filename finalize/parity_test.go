@@ -104,6 +104,8 @@ func newParityEnv(t *testing.T) *parityEnv {
 // first fork is finalized by ostree, the second gets Merge then (after the
 // same after edits) MergePaths over what the baseline finds changed.
 // It returns both staged etcs' snapshots, or the errors.
+//
+//lint:ignore ST1008 the errors are results compared with each other (ostree's and ours), not a failure of run
 func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]finalize.Node) {
 	ctx := context.Background()
 	fork := e.base.Copy(t)

@@ -95,7 +95,9 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		all = append(all, "")
 	}
 	n := 0
-	if len(all) > 0 {
+	// (With the mark already set and nothing changed, the whole etc is
+	// still reconciled: the mark is cleared below only after that.)
+	if len(all) > 0 || snap.applying {
 		interrupted, err := beginApplying(cfg.RunDir)
 		if err != nil {
 			return 0, err
@@ -174,6 +176,11 @@ func endApplying(runDir string) error {
 	})
 }
 
+// MaxPendingPaths bounds the pending set of the store: past it the set is
+// dropped and the next refresh (or the seal) reconciles the whole etc, so
+// a writer that keeps batches failing cannot grow it without bound.
+const MaxPendingPaths = 8192
+
 // MarkPending records paths the watcher has seen but not applied yet, so
 // that `status` shows them and the seal applies them even if the watcher
 // dies before its batch.
@@ -191,7 +198,25 @@ func MarkPending(cfg Config, paths []string) error {
 				return err
 			}
 		}
-		return tx.AddPending(paths...)
+		if _, n := tx.Pending(1); n+len(paths) <= MaxPendingPaths {
+			return tx.AddPending(paths...)
+		}
+		// Overflow: the mark of an unfinished write makes the next
+		// refresh and the seal reconcile the whole etc, which covers
+		// every path dropped here. The mark is set before the paths go,
+		// in the same transaction.
+		if err := tx.PutBlob(blobApplying, []byte("pending overflow")); err != nil {
+			return err
+		}
+		all, _ := tx.Pending(0)
+		if err := tx.RemovePending(all...); err != nil {
+			return err
+		}
+		if st.EtcState == store.EtcDirty {
+			st.EtcReason = fmt.Sprintf("more than %d paths waiting: the whole etc will be reconciled", MaxPendingPaths)
+			return tx.PutState(st)
+		}
+		return nil
 	})
 }
 
@@ -353,14 +378,18 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		}
 		res.Reason = why
 		cfg.Log.Warn("finalize --post: plan not persisted", "reason", why)
-		store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		if uerr := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			st, err := tx.State()
 			if err != nil {
 				return err
 			}
 			st.PruneState, st.PruneReason = store.PruneInvalid, why
 			return tx.PutState(st)
-		})
+		}); uerr != nil {
+			// Nothing was persisted either way; only status keeps the
+			// older reason. The returned error says why.
+			cfg.Log.Warn("recording why no plan was persisted", "err", uerr)
+		}
 		return res, err
 	}
 	if snap.storeErr != nil {
@@ -374,10 +403,12 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		return fail("a deployment is still staged: ostree did not finalize", nil)
 	}
 	var predicted []byte
-	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	if err := store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		predicted = tx.Blob(blobPredicted)
 		return nil
-	})
+	}); err != nil {
+		return fail("runtime store unreadable", err)
+	}
 	var now []string
 	for _, d := range snap.sys.Deployments {
 		now = append(now, d.OSName+" "+d.DeployName())
@@ -425,7 +456,9 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 
 // markCleaned records that the runtime plan has been handed on.
 func markCleaned(cfg *Config) {
-	store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	// The plan is persisted already; failing here only leaves status
+	// saying "planned" until the runtime store goes with the reboot.
+	if err := store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		st, err := tx.State()
 		if err != nil {
 			return err
@@ -435,7 +468,9 @@ func markCleaned(cfg *Config) {
 			return err
 		}
 		return tx.PutState(st)
-	})
+	}); err != nil {
+		cfg.Log.Warn("recording that the plan was handed to cleanup", "err", err)
+	}
 }
 
 // executePlan deletes the plan's objects under the exclusive repository

@@ -2,7 +2,9 @@ package finalize
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -56,6 +58,11 @@ type CleanupStatus struct {
 
 type WatcherStatus struct {
 	Running bool `json:"running"`
+	// Mode is watch.ModeInotify or watch.ModeRescan (inotify watches ran
+	// out: periodic full rescans); empty when not running.
+	Mode string `json:"mode,omitempty"`
+	// Reason says why the mode is rescan.
+	Reason string `json:"reason,omitempty"`
 }
 
 // GetStatus reads what is staged, precomputed and pending. It only reads
@@ -100,7 +107,9 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Prune.State = st.PruneState
 		}
 		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
-		store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		// The history is an extra: status must answer without it (a
+		// store unreadable is reported in the reasons above).
+		_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 			s.History, _ = tx.History()
 			return nil
 		})
@@ -113,6 +122,9 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Cleanup = CleanupStatus{Pending: true, Reason: "persisted plan unreadable: " + err.Error()}
 	}
 	s.Watcher.Running = watcherRunning(cfg.RunDir)
+	if s.Watcher.Running {
+		s.Watcher.Mode, s.Watcher.Reason = readWatcherMode(cfg.RunDir)
+	}
 	return s, nil
 }
 
@@ -135,6 +147,44 @@ func watcherRunning(runDir string) bool {
 	}
 	unix.Flock(int(f.Fd()), unix.LOCK_UN)
 	return false
+}
+
+// The running watcher keeps its mode in its lock file (root-only, in the
+// state directory), so it lives exactly as long as the watcher does.
+type watcherMode struct {
+	Mode   string `json:"mode"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func writeWatcherMode(lock *os.File, mode, reason string) error {
+	b, err := json.Marshal(watcherMode{Mode: mode, Reason: reason})
+	if err != nil {
+		return err
+	}
+	if err := lock.Truncate(0); err != nil {
+		return err
+	}
+	_, err = lock.WriteAt(b, 0)
+	return err
+}
+
+// readWatcherMode reads what writeWatcherMode wrote; an unreadable or torn
+// record (read mid-write) reports no mode rather than an error.
+func readWatcherMode(runDir string) (mode, reason string) {
+	f, err := os.OpenFile(watchLockPath(runDir), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", ""
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return "", ""
+	}
+	var m watcherMode
+	if json.Unmarshal(b, &m) != nil {
+		return "", ""
+	}
+	return m.Mode, m.Reason
 }
 
 // holdWatchLock takes the watcher's lock; a second watcher is refused.

@@ -25,6 +25,15 @@ type WatchOptions struct {
 	// Poll is how often the staged state file is checked for a re-stage
 	// (default 1s).
 	Poll time.Duration
+	// RescanEvery is the period of full rescans when the kernel's inotify
+	// budget is exhausted (watch.ModeRescan; default 30s).
+	RescanEvery time.Duration
+	// MaxWatches, if positive, caps the inotify watches as if the kernel
+	// had (tests of the rescan mode; 0 = the kernel's limit).
+	MaxWatches int
+
+	// mode records the watcher's mode for `status` (set by Watch).
+	mode func(mode, reason string)
 }
 
 // Watch keeps the staged etc current until ctx is done: inotify on the
@@ -52,6 +61,14 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 		return err
 	}
 	defer lock.Close()
+	o.mode = func(mode, reason string) {
+		if err := writeWatcherMode(lock, mode, reason); err != nil {
+			cfg.Log.Warn("recording the watcher's mode for status", "err", err)
+		}
+		if mode == watch.ModeRescan {
+			cfg.Log.Warn("inotify unavailable; falling back to periodic rescans", "reason", reason)
+		}
+	}
 	ready := false
 	for ctx.Err() == nil {
 		known, err := watchOnce(ctx, &cfg, o, func(status string) {
@@ -120,7 +137,10 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 	}
 	p := pathsOf(snap.sys)
 	w, err := watch.New(p.modified, watch.Options{
-		Debounce: o.Debounce,
+		Debounce:    o.Debounce,
+		RescanEvery: o.RescanEvery,
+		MaxWatches:  o.MaxWatches,
+		Mode:        o.mode,
 		Queued: func(paths []string) {
 			if err := MarkPending(*cfg, paths); err != nil {
 				cfg.Log.Warn("recording pending paths", "err", err)
@@ -153,10 +173,14 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 			cancel() // re-stage or fallback: the outer loop decides
 			return nil
 		case err != nil:
-			// The seal will retry everything; say why now.
+			// The seal will retry everything; say why now. The watcher
+			// backs off (exponentially, up to minutes) before its next
+			// batch, a full rescan: a batch that keeps failing (a writer
+			// racing every apply) costs one reconcile per backoff period,
+			// not one per event.
 			cfg.Log.Warn("applying changed paths", "err", err, "paths", len(b.Paths))
 			status("apply failed: " + err.Error())
-			return nil
+			return watch.Retry(err)
 		}
 		if n > 0 || b.Rescan {
 			cfg.Log.Debug("applied", "paths", len(b.Paths), "written", n, "rescan", b.Rescan, "reason", b.Reason)
@@ -182,7 +206,9 @@ func waitStagedChange(ctx context.Context, cfg *Config, every time.Duration, kno
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var takeover []byte
-	store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+	// An unreadable store leaves takeover nil: our own rewrite then counts
+	// as a change, which costs a rebuild, never a missed re-stage.
+	_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		takeover = tx.Blob(blobTakeover)
 		return nil
 	})

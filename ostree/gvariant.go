@@ -187,7 +187,7 @@ func lookupType(s string) (*vtype, error) {
 	if t != nil {
 		return t, nil
 	}
-	t, end, err := parseOne(s, 0, 1)
+	_, end, err := parseOne(s, 0, 1)
 	if err != nil {
 		return nil, err
 	}

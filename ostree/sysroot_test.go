@@ -69,7 +69,7 @@ func (f *fakeSysroot) write() string {
 	file("ostree/repo/config", "[core]\nrepo_version=1\nmode=bare\n")
 	mkdir("ostree/repo/objects")
 	mkdir("ostree/deploy")
-	link(fmt.Sprintf("boot/loader"), fmt.Sprintf("loader.%d", f.bv))
+	link("boot/loader", fmt.Sprintf("loader.%d", f.bv))
 	link(fmt.Sprintf("ostree/boot.%d", f.bv), fmt.Sprintf("boot.%d.%d", f.bv, f.sub))
 	mkdir(fmt.Sprintf("boot/loader.%d/entries", f.bv))
 	for i, d := range f.deps {

@@ -257,6 +257,9 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 	if err != nil {
 		return finish(fmt.Errorf("live roots: %w", err))
 	}
+	if err := p.refuseLiveRoots(roots); err != nil {
+		return finish(err)
+	}
 	if RootsHash(roots) != p.RootsHash {
 		res.RootsChanged = true
 		var fresh []ostree.ObjectName
@@ -341,6 +344,35 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 		}
 	}
 	return finish(nil)
+}
+
+// refuseLiveRoots is defence in depth against a wrong plan whose roots
+// hash matches (computed for the right roots, but by a buggy or hostile
+// writer of the plan file): a plan that names one of its own roots, or,
+// when the live roots hash to the plan's, a live root commit (a ref or a
+// deployment now), or such a commit's detached metadata, is refused whole
+// before anything is deleted. No correct plan does: a root is reachable by
+// definition. (When the roots moved, a new live root is walked and kept
+// below, as before; deeper objects of a live commit would take a walk of
+// every root to check, the cost the plan exists to avoid: the roots are
+// checked because that is free.)
+func (p *Plan) refuseLiveRoots(live []ostree.ObjectName) error {
+	check := p.Roots
+	if RootsHash(live) == p.RootsHash {
+		check = append(slices.Clone(live), p.Roots...)
+	}
+	roots := make(map[ostree.Checksum]bool, len(check))
+	for _, r := range check {
+		if r.Type == ostree.ObjCommit {
+			roots[r.Checksum] = true
+		}
+	}
+	for _, e := range p.entries {
+		if e.state == statePending && (e.Type == ostree.ObjCommit || e.Type == ostree.ObjCommitMeta) && roots[e.Checksum] {
+			return fmt.Errorf("plan names %s, of a live root commit (a ref, a deployment or a root of the plan): refused, nothing deleted: %w", p.ObjectString(e), ErrBadPlan)
+		}
+	}
+	return nil
 }
 
 func phaseName(ph int) string {

@@ -377,7 +377,7 @@ found:
 	}
 
 	// A failing Sync stops before the next phase.
-	g, c = depth0Repo()
+	g, _ = depth0Repo()
 	p, _ = ComputePlan(context.Background(), g, roots, "file", g.children)
 	sd := &syncFail{diskDeleter: newDiskDeleter(t, g)}
 	if _, err := p.Execute(context.Background(), sd, &live{g: g, roots: roots}, nil); !errors.Is(err, errInjected) {
@@ -406,6 +406,16 @@ func TestExecuteRejectsBadPlan(t *testing.T) {
 		"zero checksum": func(p *Plan) { p.entries[len(p.entries)-1].Checksum = ostree.Checksum{} },
 		"roots hash":    func(p *Plan) { p.RootsHash = strings.Repeat("0", 64) },
 		"suffix":        func(p *Plan) { p.FileSuffix = "file/../x" },
+		// Roots hash right, yet a live root (here the plan's own) or its
+		// detached metadata planned.
+		"live root commit": func(p *Plan) {
+			p.entries = append(p.entries, Entry{Checksum: c["c2"].Checksum, Type: ostree.ObjCommit, Size: 1})
+			p.sortEntries()
+		},
+		"live root commitmeta": func(p *Plan) {
+			p.entries = append(p.entries, Entry{Checksum: c["c2"].Checksum, Type: ostree.ObjCommitMeta, Size: 1})
+			p.sortEntries()
+		},
 	} {
 		bad := &Plan{Roots: p.Roots, RootsHash: p.RootsHash, FileSuffix: p.FileSuffix, entries: p.Entries()}
 		mutate(bad)

@@ -44,6 +44,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // SchemaVersion is written into every store; a store with another version is
@@ -185,7 +186,7 @@ func open(path string, create, readOnly, noSync bool) (db *bolt.DB, err error) {
 		OpenFile: lockedOpener(readOnly),
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) || errors.Is(err, errLockTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) || errors.Is(err, errLockTimeout) {
 			return nil, fmt.Errorf("store %s: held by another process for over %s: %w", path, LockTimeout, ErrBusy)
 		}
 		return nil, fmt.Errorf("store %s: %v: %w", path, err, ErrCorrupt)

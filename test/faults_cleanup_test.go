@@ -796,6 +796,12 @@ func TestCleanupConcurrentWriter(t *testing.T) {
 	}
 	var keptTotal, writerFirst, cleanupFirst int
 	var cleanupTime time.Duration
+	// The offsets span what one writer and one cleanup take here
+	// (measured once on a copy), so that both orders come up: even trials
+	// start the writer first, by up to twice its time, odd trials start
+	// cleanup first, by up to twice its time.
+	writerTime, cleanupTime1 := calibrateRace(t, f, src.Repo, sharedDir)
+	t.Logf("a writer takes %s, a cleanup %s", writerTime, cleanupTime1)
 	for trial := 0; trial < trials; trial++ {
 		sys := f.e.s.Copy(t)
 		ref := fmt.Sprintf("race/%d", trial)
@@ -808,9 +814,13 @@ func TestCleanupConcurrentWriter(t *testing.T) {
 		} else {
 			writer = []string{"commit", "--repo=" + sys.Repo, "--branch=" + ref, "--tree=dir=" + sharedDir, "--timestamp=" + parityTime}
 		}
-		// The writer starts somewhere between 150ms before and 150ms
-		// after cleanup (both orders, and overlaps).
-		offset := time.Duration(rng.Int64N(int64(300*time.Millisecond))) - 150*time.Millisecond
+		// The writer starts somewhere between twice its own time before
+		// and twice a cleanup's time after cleanup (both orders, and
+		// overlaps).
+		offset := time.Duration(rng.Int64N(int64(2*writerTime+50*time.Millisecond))) * -1
+		if trial%2 == 1 {
+			offset = time.Duration(rng.Int64N(int64(2*cleanupTime1 + 50*time.Millisecond)))
+		}
 		var wg sync.WaitGroup
 		var wout, werr string
 		var wErr error
@@ -880,6 +890,35 @@ func TestCleanupConcurrentWriter(t *testing.T) {
 	}
 	t.Logf("%d trials: %d where the writer's new root came first (%d objects kept live in all), %d where cleanup came first; cleanup %.1f ms per run",
 		trials, writerFirst, keptTotal, cleanupFirst, float64(cleanupTime.Microseconds())/1000/float64(trials))
+	// A race test that never hit one of its windows tested nothing there.
+	if writerFirst == 0 || cleanupFirst == 0 {
+		t.Fatalf("the trials never hit one of the orders: writer first %d times, cleanup first %d times", writerFirst, cleanupFirst)
+	}
+}
+
+// calibrateRace times one writer (a pull-local, the slower kind) and one
+// cleanup, each alone on a copy of the fixture.
+func calibrateRace(t *testing.T, f *cleanupFixture, srcRepo, sharedDir string) (writer, cleanup time.Duration) {
+	t.Helper()
+	sys := f.e.s.Copy(t)
+	start := time.Now()
+	if out, errOut, err := harness.RunOstree(context.Background(), "pull-local", "--disable-verify-bindings", "--repo="+sys.Repo, srcRepo, "rollback"); err != nil {
+		t.Fatalf("calibration: pull-local: %v\n%s\n%s", err, out, errOut)
+	}
+	writer = time.Since(start)
+	sys = f.e.s.Copy(t)
+	start = time.Now()
+	if out, errOut, err := harness.RunOstree(context.Background(), "commit", "--repo="+sys.Repo, "--branch=calibration", "--tree=dir="+sharedDir, "--timestamp="+parityTime); err != nil {
+		t.Fatalf("calibration: commit: %v\n%s\n%s", err, out, errOut)
+	}
+	writer = max(writer, time.Since(start))
+	sys = f.e.s.Copy(t)
+	start = time.Now()
+	r := startCleanupProc(t, f.bin, sys.Path, t.TempDir())
+	if err := <-r.done; err != nil {
+		t.Fatalf("calibration: cleanup: %v\n%s", err, r.err.String())
+	}
+	return writer, time.Since(start)
 }
 
 // TestFinalizeFailureNothingDeleted: the real finalize-staged fails (the

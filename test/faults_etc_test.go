@@ -356,22 +356,36 @@ func TestFaultsEtcKillWatcherBatch(t *testing.T) {
 			}
 			return false, "waiting"
 		})
+		edited := n.mark()
 		after(c.EtcDir())
 		if i == 0 {
 			allowed.add(t, c.EtcDir())
 		}
-		// Past the 250ms debounce, somewhere in the batch.
-		time.Sleep(150*time.Millisecond + time.Duration(rng.Int64N(int64(600*time.Millisecond))))
 		staged := filepath.Join(c.Sysroot.DeploymentDir(f.staged.OS, f.staged.Checksum, f.staged.Serial), "etc")
 		// Mid-batch: a write in flight, or the store's mark that a batch
 		// is applying (set before its first write, cleared with the new
 		// baseline).
-		applying := false
-		store.ViewRuntime(c.RunDir, func(tx *store.RuntimeTx) error {
-			applying = tx.Blob("applying") != nil
-			return nil
-		})
-		if applying || len(stagedTmps(staged)) > 0 {
+		inBatch := func() bool {
+			applying := false
+			store.ViewRuntime(c.RunDir, func(tx *store.RuntimeTx) error {
+				applying = tx.Blob("applying") != nil
+				return nil
+			})
+			return applying || len(stagedTmps(staged)) > 0
+		}
+		if i%2 == 0 {
+			// Past the 250ms debounce, somewhere in the batch or after.
+			time.Sleep(150*time.Millisecond + time.Duration(rng.Int64N(int64(600*time.Millisecond))))
+		} else {
+			// Aimed at the window: as soon as the batch is seen applying
+			// (or, missed, once the watcher says its merge is current
+			// again).
+			deadline := time.Now().Add(60 * time.Second)
+			for !inBatch() && !current(n, edited) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond) // polling interval
+			}
+		}
+		if inBatch() {
 			midBatch++
 		}
 		if err := p.Signal(syscall.SIGKILL); err == nil {
@@ -383,6 +397,20 @@ func TestFaultsEtcKillWatcherBatch(t *testing.T) {
 		f.finishAndCompare(t, c, want, when)
 	}
 	t.Logf("%d kills of the watcher, %d of them while a batch was applying", landed, midBatch)
+	// A race test that never hit its window tested nothing there.
+	if midBatch == 0 {
+		t.Fatalf("no kill of %d landed while a batch was applying", landed)
+	}
+}
+
+// current reports whether the watcher said its merge is current since mark.
+func current(n *notifyListener, mark int) bool {
+	for _, m := range n.since(mark) {
+		if strings.HasPrefix(m, "STATUS=merge current") {
+			return true
+		}
+	}
+	return false
 }
 
 // countingFS wraps every FS field: calls are counted per field, and call

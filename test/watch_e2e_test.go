@@ -182,9 +182,16 @@ func (w *watchEnv) edit(fn editFn) {
 // every edit made after this returns is seen, and in a batch of its own.
 func (w *watchEnv) startWatcher(args ...string) *harness.Proc {
 	w.t.Helper()
+	return w.startWatcherArgv(append([]string{"ostree-prefinalize", "-v", "watch"}, args...))
+}
+
+// startWatcherArgv is startWatcher with the whole command line (a wrapper
+// such as setpriv before the watcher).
+func (w *watchEnv) startWatcherArgv(argv []string) *harness.Proc {
+	w.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	mark := w.notify.mark()
-	p, err := w.b.Start(ctx, append([]string{"ostree-prefinalize", "-v", "watch"}, args...)...)
+	p, err := w.b.Start(ctx, argv...)
 	if err != nil {
 		cancel()
 		w.t.Fatal(err)

@@ -20,15 +20,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 )
 
 // Batch is one unit of work for the handler.
@@ -42,6 +39,16 @@ type Batch struct {
 	Paths []string
 }
 
+// Modes of the watcher (Watcher.Mode).
+const (
+	// ModeInotify: every directory is watched; changes arrive as events.
+	ModeInotify = "inotify"
+	// ModeRescan: the kernel would not give enough inotify watches
+	// (fs.inotify.max_user_watches) or instances; the watcher delivers a
+	// Rescan batch every Options.RescanEvery and tries inotify again then.
+	ModeRescan = "rescan"
+)
+
 // Options tune batching. The zero value uses the defaults.
 type Options struct {
 	// Debounce is how long the tree must stay quiet before a batch is
@@ -52,6 +59,27 @@ type Options struct {
 	MaxDelay time.Duration
 	// MaxPaths delivers a batch early once this many paths wait (default 4096).
 	MaxPaths int
+	// MaxPending bounds the paths held while batches are held back (after
+	// a failed batch): beyond it they are dropped and the next batch is a
+	// Rescan (reason "pending overflow"). Default 4*MaxPaths.
+	MaxPending int
+	// DirLimit bounds the paths one directory contributes to a batch: past
+	// it the directory itself is pending (the handler treats it as its
+	// whole subtree) and further events in it cost only their reading
+	// (default 256).
+	DirLimit int
+	// RescanEvery is the period of rescans in ModeRescan (default 30s).
+	RescanEvery time.Duration
+	// RetryMin and RetryMax bound the exponential backoff after a batch
+	// the handler failed with Retry (defaults 1s and 5m).
+	RetryMin, RetryMax time.Duration
+	// MaxWatches, if positive, makes the watcher act as if the kernel
+	// gave at most this many watches (ENOSPC past it): tests of ModeRescan
+	// that must not lower the machine-wide fs.inotify.max_user_watches.
+	MaxWatches int
+	// Mode, if set, is told the watcher's mode and why, at the start of
+	// Run and whenever it changes (on Run's goroutine).
+	Mode func(mode, reason string)
 	// Queued, if set, is told the paths that became pending (so `status`
 	// can show them while they wait). It runs on a goroutine of its own,
 	// never concurrently with itself or with the handler, so a slow Queued
@@ -75,92 +103,176 @@ func (o *Options) defaults() {
 	if o.MaxPaths <= 0 {
 		o.MaxPaths = 4096
 	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = 4 * o.MaxPaths
+	}
+	if o.DirLimit <= 0 {
+		o.DirLimit = 256
+	}
+	if o.RescanEvery <= 0 {
+		o.RescanEvery = 30 * time.Second
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = time.Second
+	}
+	if o.RetryMax < o.RetryMin {
+		o.RetryMax = max(5*time.Minute, o.RetryMin)
+	}
 }
 
 // Watcher watches one tree. It is used by one goroutine (Run).
 type Watcher struct {
-	root string
-	opts Options
-	fsw  *fsnotify.Watcher
-	dirs map[string]bool // watched directories, relative ("" is the root)
+	root   string
+	rootFD int // the root directory, opened once without following symlinks
+	opts   Options
+	in     *inotify       // nil in ModeRescan
+	dirs   map[string]int // watched directories (relative, "" is the root) -> wd
+	wds    map[int]string // wd -> watched directory
+
+	mode, modeReason string
+	// stale: the watch set no longer matches the tree (a watched
+	// directory moved, an error adding a watch): it is rebuilt once,
+	// just before the next batch, however many events said so.
+	stale bool
 
 	// faults lets tests inject what inotify would report (overflow).
 	faults chan error
 }
 
+// errOverflow is what an IN_Q_OVERFLOW reports.
+var errOverflow = errors.New("inotify queue overflow")
+
 // New establishes watches on root and every directory below it (symlinks
-// are not followed). Call it before the baseline scan.
+// are not followed). Call it before the baseline scan. When the kernel's
+// inotify budget is exhausted it still succeeds, in ModeRescan.
 func New(root string, opts Options) (*Watcher, error) {
 	opts.defaults()
-	root = filepath.Clean(root)
-	st, err := os.Lstat(root)
+	root = strings.TrimRight(root, "/")
+	if root == "" {
+		root = "/"
+	}
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", root, err)
 	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("watch %s: not a directory", root)
-	}
-	w := &Watcher{root: root, opts: opts, faults: make(chan error, 1)}
+	w := &Watcher{root: root, rootFD: fd, opts: opts, faults: make(chan error, 1)}
 	if err := w.rebuild(); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	return w, nil
 }
 
-// Close releases the inotify instance.
+// Close releases the inotify instance and the root.
 func (w *Watcher) Close() error {
-	if w.fsw == nil {
+	if w.rootFD >= 0 {
+		unix.Close(w.rootFD)
+		w.rootFD = -1
+	}
+	if w.in == nil {
 		return nil
 	}
-	return w.fsw.Close()
+	err := w.in.Close()
+	w.in = nil
+	return err
 }
 
 // Dirs reports how many directories are watched.
 func (w *Watcher) Dirs() int { return len(w.dirs) }
 
+// Mode reports ModeInotify or ModeRescan, and why.
+func (w *Watcher) Mode() (mode, reason string) { return w.mode, w.modeReason }
+
 // rebuild replaces the inotify instance and watches the whole tree again. A
 // fresh instance drops every stale watch (a renamed directory keeps its
 // inotify watch under its old name), so after rebuild the watch set is exact.
+// When the kernel's budget runs out it switches to ModeRescan (and returns
+// nil); only a root that cannot be read is an error.
 func (w *Watcher) rebuild() error {
-	if w.fsw != nil {
-		w.fsw.Close()
+	if w.in != nil {
+		w.in.Close()
+		w.in = nil
 	}
-	fsw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch %s: inotify: %w", w.root, err)
+	w.dirs, w.wds, w.stale = map[string]int{}, map[int]string{}, false
+	in, err := newInotify()
+	if err == nil {
+		w.in = in
+		// A fresh open file description (a dup would share the offset
+		// an earlier listing left at the end).
+		var fd int
+		if fd, err = openDir(w.rootFD, "."); err == nil {
+			err = w.addTree("", fd)
+		}
 	}
-	w.fsw = fsw
-	w.dirs = map[string]bool{}
-	return w.addTree("")
+	switch {
+	case err == nil:
+		w.mode, w.modeReason = ModeInotify, ""
+		return nil
+	case errors.Is(err, errBudget):
+		if w.in != nil {
+			w.in.Close()
+			w.in = nil
+		}
+		w.dirs, w.wds = map[string]int{}, map[int]string{}
+		w.mode = ModeRescan
+		w.modeReason = fmt.Sprintf("%v: rescanning every %s (raise fs.inotify.max_user_watches)", err, w.opts.RescanEvery)
+		return nil
+	default:
+		return fmt.Errorf("watch %s: %w", w.root, err)
+	}
 }
 
-// addTree watches rel and every directory below it. It watches a directory
-// before listing it, so entries created meanwhile are either listed or
-// evented.
-func (w *Watcher) addTree(rel string) error {
-	abs := w.abs(rel)
-	if err := w.fsw.Add(abs); err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, os.ErrNotExist) {
-			return nil // gone already: its removal is evented on the parent
-		}
-		return fmt.Errorf("watch %s: %w", abs, err)
+// addTree watches the directory open at fd (rel below the root) and every
+// directory below it, and closes fd. It watches a directory before listing
+// it, so entries created meanwhile are either listed or evented.
+func (w *Watcher) addTree(rel string, fd int) error {
+	defer unix.Close(fd)
+	if w.opts.MaxWatches > 0 && len(w.dirs) >= w.opts.MaxWatches {
+		return fmt.Errorf("inotify_add_watch: %w (%w)", unix.ENOSPC, errBudget)
 	}
-	w.dirs[rel] = true
-	ents, err := os.ReadDir(abs)
+	wd, err := w.in.add(fd)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("watch %s: %w", w.abs(rel), err)
+	}
+	if old, ok := w.wds[wd]; ok && old != rel {
+		delete(w.dirs, old) // the same directory under a new name
+	}
+	w.dirs[rel], w.wds[wd] = wd, rel
+	names, err := subdirs(fd)
+	if err != nil {
+		if gone(err) {
 			return nil
 		}
-		return fmt.Errorf("watch %s: %w", abs, err)
+		return fmt.Errorf("watch %s: %w", w.abs(rel), err)
 	}
-	for _, e := range ents {
-		if e.Type()&fs.ModeType == fs.ModeDir {
-			if err := w.addTree(join(rel, e.Name())); err != nil {
-				return err
+	for _, name := range names {
+		cfd, err := openDir(fd, name)
+		if err != nil {
+			if gone(err) || errors.Is(err, unix.EACCES) {
+				// Not a directory (any more), or swapped for a symlink:
+				// never followed. The swap is evented on this directory.
+				continue
 			}
+			return fmt.Errorf("watch %s: %w", w.abs(join(rel, name)), err)
+		}
+		if err := w.addTree(join(rel, name), cfd); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// addNew watches a directory that appeared at rel, opened beneath the root
+// with no symlink in any component.
+func (w *Watcher) addNew(rel string) error {
+	fd, err := openDir(w.rootFD, rel)
+	if err != nil {
+		if gone(err) || errors.Is(err, unix.EACCES) {
+			return nil
+		}
+		return err
+	}
+	return w.addTree(rel, fd)
 }
 
 func (w *Watcher) abs(rel string) string {
@@ -177,17 +289,17 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// rel maps an event name to a path relative to the root; ok is false for
-// names outside the root.
-func (w *Watcher) rel(name string) (string, bool) {
-	if name == w.root {
-		return "", true
-	}
-	if !strings.HasPrefix(name, w.root+"/") {
-		return "", false
-	}
-	return name[len(w.root)+1:], true
-}
+// Retry wraps a handler error that should not stop Run: the batch's paths
+// stay pending and the next batch, a Rescan, comes after an exponential
+// backoff (Options.RetryMin doubling up to RetryMax, reset by a batch that
+// succeeds), so a batch that keeps failing costs one full rescan per
+// backoff period, not one per event.
+func Retry(err error) error { return retryError{err} }
+
+type retryError struct{ err error }
+
+func (e retryError) Error() string { return e.err.Error() }
+func (e retryError) Unwrap() error { return e.err }
 
 // Run delivers batches to handle until ctx is done. The first batch is a
 // Rescan (reason "start"). When ctx is cancelled, Run delivers a last
@@ -197,157 +309,328 @@ func (w *Watcher) rel(name string) (string, bool) {
 // before the cancellation may still be on its way from the kernel (or
 // ready on the channel but not chosen by select): only a rescan covers
 // everything that changed before Run returned. A handler error stops Run
-// and is returned.
+// and is returned, unless it is a Retry.
 func (w *Watcher) Run(ctx context.Context, handle func(context.Context, Batch) error) error {
-	pending := map[string]bool{}
-	rescan, reason := true, "start"
+	b := &batcher{w: w, pending: map[string]bool{}, dirN: map[string]int{}, whole: map[string]bool{}}
+	b.rescan, b.reason = true, "start"
 	var first time.Time // when the oldest pending change arrived
+	var notBefore time.Time
+	backoff := time.Duration(0)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var period *time.Ticker // ModeRescan only
+	defer func() {
+		if period != nil {
+			period.Stop()
+		}
+	}()
 	q := startQueuer(w.opts.Queued)
 	defer q.stop()
+	b.queued = q.add
 
-	flush := func(hctx context.Context) error {
-		if !rescan && len(pending) == 0 {
-			return nil
+	lastMode := ""
+	tellMode := func() {
+		if w.mode == lastMode {
+			return
 		}
-		q.drop()
-		b := Batch{Rescan: rescan, Reason: reason, Paths: make([]string, 0, len(pending))}
-		for p := range pending {
-			b.Paths = append(b.Paths, p)
+		lastMode = w.mode
+		if w.opts.Mode != nil {
+			w.opts.Mode(w.mode, w.modeReason)
 		}
-		sort.Strings(b.Paths)
-		pending = map[string]bool{}
-		rescan, reason = false, ""
-		first = time.Time{}
-		return handle(hctx, b)
+		switch {
+		case w.mode == ModeRescan && period == nil:
+			period = time.NewTicker(w.opts.RescanEvery)
+		case w.mode == ModeInotify && period != nil:
+			period.Stop()
+			period = nil
+		}
 	}
-	needRescan := func(why string) error {
-		if err := w.rebuild(); err != nil {
-			return err
-		}
-		rescan = true
-		if reason == "" || reason == "start" {
-			reason = why
-		}
-		return nil
-	}
-	arm := func() {
-		d := w.opts.Debounce
-		if !first.IsZero() {
-			if left := w.opts.MaxDelay - time.Since(first); left < d {
-				d = max(left, 0)
-			}
-		}
+	tellMode()
+	arm := func(d time.Duration) {
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
 		}
-		timer.Reset(d)
+		timer.Reset(max(d, 0))
+	}
+	armDebounce := func() {
+		d := w.opts.Debounce
+		if !first.IsZero() {
+			if left := w.opts.MaxDelay - time.Since(first); left < d {
+				d = left
+			}
+		}
+		if left := time.Until(notBefore); left > d {
+			d = left
+		}
+		arm(d)
+	}
+	flush := func(hctx context.Context, final bool) error {
+		if !b.rescan && len(b.pending) == 0 {
+			return nil
+		}
+		if !final && time.Now().Before(notBefore) {
+			arm(time.Until(notBefore)) // backing off after a failed batch
+			return nil
+		}
+		if w.stale && !final {
+			// One rebuild for everything that made the watch set doubtful
+			// since the last batch, before the handler compares.
+			if err := w.rebuild(); err != nil {
+				return err
+			}
+			tellMode()
+		}
+		q.drop()
+		batch := b.take()
+		first = time.Time{}
+		err := handle(hctx, batch)
+		var retry retryError
+		switch {
+		case err == nil:
+			backoff, notBefore = 0, time.Time{}
+			return nil
+		case final || !errors.As(err, &retry):
+			return err
+		}
+		// Keep what the batch held; the next one compares everything.
+		backoff = min(max(2*backoff, w.opts.RetryMin), w.opts.RetryMax)
+		notBefore = time.Now().Add(backoff)
+		b.putBack(batch, "retry after a failed batch: "+retry.err.Error())
+		arm(backoff)
+		return nil
 	}
 
 	for {
+		var events <-chan []event
+		var errs <-chan error
+		if w.in != nil {
+			events, errs = w.in.events, w.in.errs
+		}
+		var tick <-chan time.Time
+		if period != nil {
+			tick = period.C
+		}
 		select {
 		case <-ctx.Done():
-			rescan = true
-			if reason == "" {
-				reason = "stop"
-			}
-			return flush(context.WithoutCancel(ctx))
+			b.markRescan("stop")
+			return flush(context.WithoutCancel(ctx), true)
 		case <-timer.C:
-			if err := flush(ctx); err != nil {
+			if err := flush(ctx, false); err != nil {
+				return err
+			}
+		case <-tick:
+			// ModeRescan: try inotify again (the budget may have been
+			// raised or freed); either way the batch is a full rescan.
+			w.stale = true
+			b.markRescan("periodic rescan (" + w.mode + " mode)")
+			if err := flush(ctx, false); err != nil {
 				return err
 			}
 		case err := <-w.faults:
-			if err := needRescan(rescanReason(err)); err != nil {
-				return err
-			}
-			arm()
-		case err, ok := <-w.fsw.Errors:
-			if !ok {
-				return fmt.Errorf("watch %s: inotify closed", w.root)
-			}
-			if err := needRescan(rescanReason(err)); err != nil {
-				return err
-			}
-			arm()
-		case ev, ok := <-w.fsw.Events:
-			if !ok {
-				return fmt.Errorf("watch %s: inotify closed", w.root)
-			}
-			if err := w.event(ev, pending, needRescan, q.add); err != nil {
-				return err
+			w.stale = true
+			b.markRescan(rescanReason(err))
+			armDebounce()
+		case err := <-errs:
+			w.stale = true
+			b.markRescan(rescanReason(err))
+			armDebounce()
+		case evs := <-events:
+			for _, ev := range evs {
+				w.event(ev, b)
 			}
 			if first.IsZero() {
 				first = time.Now()
 			}
-			if len(pending) >= w.opts.MaxPaths {
-				if err := flush(ctx); err != nil {
+			b.tell()
+			if len(b.pending) >= w.opts.MaxPaths && time.Now().After(notBefore) {
+				if err := flush(ctx, false); err != nil {
 					return err
 				}
 				continue
 			}
-			arm()
+			armDebounce()
 		}
 	}
 }
 
 // rescanReason names why an inotify error forces a rescan.
 func rescanReason(err error) string {
-	if errors.Is(err, fsnotify.ErrEventOverflow) {
+	if errors.Is(err, errOverflow) {
 		return "overflow"
 	}
 	return "inotify error: " + err.Error()
 }
 
-func (w *Watcher) event(ev fsnotify.Event, pending map[string]bool, needRescan func(string) error, queued func([]string)) error {
-	rel, ok := w.rel(filepath.Clean(ev.Name))
-	if !ok || rel == "" {
-		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+// batcher holds what the next batch will carry, bounded: at most
+// MaxPending paths, at most DirLimit per directory.
+type batcher struct {
+	w       *Watcher
+	pending map[string]bool
+	rescan  bool
+	reason  string
+	dirN    map[string]int  // paths pending per directory (this batch)
+	whole   map[string]bool // directories pending as a whole (this batch)
+	fresh   []string        // pending since the last tell
+	queued  func([]string)
+}
+
+func (b *batcher) markRescan(why string) {
+	b.rescan = true
+	if b.reason == "" || b.reason == "start" {
+		b.reason = why
+	}
+}
+
+// mark makes rel pending, within the bounds.
+func (b *batcher) mark(rel string) {
+	if rel == "" {
+		return // the root itself: its entries are marked one by one
+	}
+	dir := parent(rel)
+	for d := dir; ; d = parent(d) {
+		if b.whole[d] {
+			return // covered by a directory pending as a whole
+		}
+		if d == "" {
+			break
+		}
+	}
+	if b.pending[rel] {
+		return
+	}
+	if b.dirN[dir]++; b.dirN[dir] > b.w.opts.DirLimit {
+		// A flood in one directory: the directory stands for its
+		// entries (the handler takes a directory path as its subtree).
+		b.whole[dir] = true
+		if dir == "" {
+			b.markRescan("event flood in the root directory")
+		}
+		for p := range b.pending {
+			if strings.HasPrefix(p, dir+"/") || dir == "" {
+				delete(b.pending, p)
+			}
+		}
+		rel = dir
+		if rel == "" {
+			return
+		}
+	}
+	if len(b.pending) >= b.w.opts.MaxPending {
+		b.dropPending()
+		return
+	}
+	b.pending[rel] = true
+	b.fresh = append(b.fresh, rel)
+}
+
+// dropPending forgets the pending paths: the next batch rescans.
+func (b *batcher) dropPending() {
+	b.pending, b.dirN, b.whole = map[string]bool{}, map[string]int{}, map[string]bool{"": true}
+	b.markRescan("pending overflow")
+}
+
+// tell hands the fresh paths to Options.Queued.
+func (b *batcher) tell() {
+	if len(b.fresh) > 0 {
+		b.queued(b.fresh)
+		b.fresh = nil
+	}
+}
+
+// take empties the batcher into a batch.
+func (b *batcher) take() Batch {
+	out := Batch{Rescan: b.rescan, Reason: b.reason, Paths: make([]string, 0, len(b.pending))}
+	for p := range b.pending {
+		out.Paths = append(out.Paths, p)
+	}
+	sort.Strings(out.Paths)
+	b.pending, b.dirN, b.whole, b.fresh = map[string]bool{}, map[string]int{}, map[string]bool{}, nil
+	b.rescan, b.reason = false, ""
+	return out
+}
+
+// putBack returns a failed batch's paths (bounded) and asks for a rescan.
+func (b *batcher) putBack(batch Batch, why string) {
+	b.markRescan(why)
+	for _, p := range batch.Paths {
+		if len(b.pending) >= b.w.opts.MaxPending {
+			b.dropPending()
+			break
+		}
+		b.pending[p] = true
+	}
+	b.fresh = nil // already told
+}
+
+func parent(rel string) string {
+	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
+		return rel[:i]
+	}
+	return ""
+}
+
+// event applies one inotify event to the batcher and the watch set.
+func (w *Watcher) event(ev event, b *batcher) {
+	if ev.mask&unix.IN_Q_OVERFLOW != 0 {
+		w.stale = true
+		b.markRescan("overflow")
+		return
+	}
+	dir, ok := w.wds[ev.wd]
+	if !ok {
+		return // a watch already dropped (its directory went away)
+	}
+	if ev.mask&unix.IN_IGNORED != 0 {
+		delete(w.wds, ev.wd)
+		if w.dirs[dir] == ev.wd {
+			delete(w.dirs, dir)
+		}
+		return
+	}
+	rel := dir
+	if ev.name != "" {
+		rel = join(dir, ev.name)
+	}
+	self := ev.mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0
+	if rel == "" {
+		if self {
 			// The root itself went away or moved: nothing we hold is valid.
-			return needRescan("root " + ev.Op.String())
+			w.stale = true
+			b.markRescan("root removed or moved")
 		}
-		return nil
+		return
 	}
-	var fresh []string
-	mark := func(p string) {
-		if !pending[p] {
-			pending[p] = true
-			fresh = append(fresh, p)
-		}
-	}
-	mark(rel)
+	b.mark(rel)
+	isDir := ev.mask&unix.IN_ISDIR != 0 || self
 	switch {
-	case ev.Has(fsnotify.Rename) && w.dirs[rel]:
-		// A watched directory moved away: its subtree's watches now report
-		// under stale names. Rebuild rather than patch them up.
-		if err := needRescan("directory renamed: " + rel); err != nil {
-			return err
+	case ev.mask&(unix.IN_MOVED_FROM|unix.IN_MOVE_SELF) != 0 && isDir:
+		if _, watched := w.dirs[rel]; watched && !w.stale {
+			// A watched directory moved away: its subtree's watches now
+			// report under stale names. Rebuild (once, before the next
+			// batch) rather than patch them up.
+			w.stale = true
+			b.markRescan("directory renamed: " + rel)
 		}
-	case ev.Has(fsnotify.Remove) && w.dirs[rel]:
-		for d := range w.dirs {
+	case ev.mask&(unix.IN_DELETE|unix.IN_DELETE_SELF) != 0 && isDir:
+		for d, wd := range w.dirs {
 			if d == rel || strings.HasPrefix(d, rel+"/") {
 				delete(w.dirs, d)
+				delete(w.wds, wd)
 			}
 		}
-	case ev.Has(fsnotify.Create):
-		if st, err := os.Lstat(ev.Name); err == nil && st.IsDir() {
-			// A new directory (or one moved in): watch it, then the handler
-			// copies it whole since its path is pending; anything created
-			// inside before the watch existed is covered by that.
-			if err := w.addTree(rel); err != nil {
-				if err := needRescan(err.Error()); err != nil {
-					return err
-				}
-			}
+	case ev.mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 && isDir && !w.stale:
+		// A new directory (or one moved in): watch it, then the handler
+		// copies it whole since its path is pending; anything created
+		// inside before the watch existed is covered by that. (With a
+		// rebuild due, the rebuild watches it.)
+		if err := w.addNew(rel); err != nil {
+			w.stale = true
+			b.markRescan(err.Error())
 		}
 	}
-	if len(fresh) > 0 {
-		queued(fresh)
-	}
-	return nil
 }
 
 // queuer calls Options.Queued off the event loop: add never blocks, the
@@ -361,6 +644,9 @@ type queuer struct {
 	done   chan struct{}
 }
 
+// queuedEvery bounds how often Options.Queued is called.
+const queuedEvery = 100 * time.Millisecond
+
 func startQueuer(fn func([]string)) *queuer {
 	q := &queuer{fn: fn, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if fn == nil {
@@ -369,7 +655,15 @@ func startQueuer(fn func([]string)) *queuer {
 	}
 	go func() {
 		defer close(q.done)
+		var last time.Time
 		for range q.kick {
+			// At most one call per queuedEvery: under a flood each call
+			// (a store transaction with an fsync) takes the paths of
+			// the whole interval.
+			if d := time.Since(last); d < queuedEvery {
+				time.Sleep(queuedEvery - d)
+			}
+			last = time.Now()
 			q.callMu.Lock()
 			q.mu.Lock()
 			b := q.buf

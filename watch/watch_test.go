@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 )
 
 // mirror is a handler that keeps a copy of the tree's state (path ->
@@ -246,7 +244,7 @@ func TestOverflowForcesRescan(t *testing.T) {
 	root := t.TempDir()
 	w, m, _, _ := start(t, root, Options{})
 	converge(t, m)
-	w.injectFault(fsnotify.ErrEventOverflow)
+	w.injectFault(errOverflow)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var found bool

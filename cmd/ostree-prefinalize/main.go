@@ -28,10 +28,6 @@ const (
 // usageError marks errors that are the caller's fault (exit status 2).
 type usageError struct{ error }
 
-// errNotBuilt is what a command that does not exist yet returns: never a
-// fake success.
-var errNotBuilt = errors.New("not implemented yet in this version")
-
 type globalOpts struct {
 	sysroot string
 	runDir  string
@@ -104,11 +100,6 @@ func oneLine(err error) string {
 	return strings.Join(f, " ")
 }
 
-func newRootCmd() *cobra.Command {
-	root, _ := newRoot(os.Stderr)
-	return root
-}
-
 func newRoot(stderr io.Writer) (*cobra.Command, *globalOpts) {
 	g := &globalOpts{stderr: stderr}
 	root := &cobra.Command{
@@ -150,11 +141,6 @@ Exit status: 0 success (also "nothing staged" / "nothing pending"),
 		root.AddCommand(f(g))
 	}
 	return root, g
-}
-
-// notBuilt is the RunE of a command whose implementation has not landed.
-func notBuilt(c *cobra.Command, args []string) error {
-	return fmt.Errorf("%s: %w", c.CommandPath(), errNotBuilt)
 }
 
 func noArgs(c *cobra.Command, args []string) error {

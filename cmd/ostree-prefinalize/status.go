@@ -30,7 +30,8 @@ monitoring:
               (ostree merges /etc itself), whether ostree's merge is taken over
     Prune     none | planned | invalid: what finalization will orphan
     Cleanup   a plan saved at the last shutdown, waiting for the cleanup timer
-    Watcher   whether the /etc watcher runs
+    Watcher   whether the /etc watcher runs, and its mode: inotify, or rescan
+              (inotify watches ran out: periodic full rescans)
 
 --json prints a stable JSON form (fields are added, never renamed).
 --metrics-file writes node_exporter textfile metrics to PATH atomically (a
@@ -133,7 +134,12 @@ func writeStatus(w io.Writer, st *finalize.Status) error {
 		b.WriteString("Cleanup:  nothing pending\n")
 	}
 	if st.Watcher.Running {
-		b.WriteString("Watcher:  running\n")
+		b.WriteString("Watcher:  running")
+		if st.Watcher.Mode != "" {
+			fmt.Fprintf(&b, " (%s)", st.Watcher.Mode)
+		}
+		b.WriteString("\n")
+		reason(st.Watcher.Reason)
 	} else {
 		b.WriteString("Watcher:  not running\n")
 	}

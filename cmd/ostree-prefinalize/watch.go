@@ -13,7 +13,8 @@ import (
 )
 
 func newWatchCmd(g *globalOpts) *cobra.Command {
-	var debounce time.Duration
+	var debounce, rescanEvery time.Duration
+	var maxWatches int
 	c := &cobra.Command{
 		Use:   "watch",
 		Short: "Keep the staged /etc merge current by watching /etc (systemd Type=notify)",
@@ -22,13 +23,18 @@ deployment's etc, so that at shutdown nothing is left to do. Tells systemd
 READY=1 once watching; on SIGTERM it applies what is pending and exits 0.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, args []string) error {
+			if rescanEvery < 0 {
+				return usageError{errors.New("watch: --rescan-every must not be negative")}
+			}
 			if debounce < 0 {
 				return usageError{errors.New("watch: --debounce must not be negative")}
 			}
 			limitMemory()
 			return finalize.Watch(c.Context(), g.config(), finalize.WatchOptions{
-				Notify:   func(state string) { daemon.SdNotify(false, state) },
-				Debounce: debounce,
+				Notify:      func(state string) { daemon.SdNotify(false, state) },
+				Debounce:    debounce,
+				RescanEvery: rescanEvery,
+				MaxWatches:  maxWatches,
 			})
 		},
 	}
@@ -36,6 +42,14 @@ READY=1 once watching; on SIGTERM it applies what is pending and exits 0.`,
 	// 250ms). Tests make it long to observe pending paths in status.
 	c.Flags().DurationVar(&debounce, "debounce", 0, "quiet period before changes are applied")
 	c.Flags().MarkHidden("debounce")
+	// When the kernel gives no more inotify watches
+	// (fs.inotify.max_user_watches), the watcher rescans the whole /etc
+	// this often instead (0 = the default, 30s); status shows the mode.
+	// Hidden: act as if the kernel gave at most N inotify watches (tests
+	// of the rescan mode that must not lower the machine-wide limit).
+	c.Flags().IntVar(&maxWatches, "max-watches", 0, "cap on inotify watches (0 = the kernel's limit)")
+	c.Flags().MarkHidden("max-watches")
+	c.Flags().DurationVar(&rescanEvery, "rescan-every", 0, "period of full rescans when inotify watches run out")
 	return c
 }
 

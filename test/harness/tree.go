@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -368,10 +369,17 @@ func (t *Tree) Churn(frac float64, seed int64) (*Tree, ChurnResult) {
 	for ; i < nMod; i++ {
 		p := gen[perm[i]]
 		f := c.Entries[p]
+		old := t.Entries[p].Content()
 		f.gen = r.Uint64() | 1
 		f.Data = nil
 		if f.size == 0 {
 			f.size = len(t.Entries[p].Data) + 1
+		}
+		// A modification must change the content: a one-byte file is
+		// "\n" whatever its generator (seed 1796163979489497025 drew
+		// one), and two generators may draw the same short text.
+		for bytes.Equal(f.Content(), old) {
+			f.size++
 		}
 		c.Entries[p] = f
 		res.Modified = append(res.Modified, p)

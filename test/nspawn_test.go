@@ -213,25 +213,32 @@ func (e *bootEnv) lifecycle(t *testing.T) {
 }
 
 // sealedAndFinalized checks a poweroff with our units: the journal shows
-// sealUnit's seal ("": any) before ostree's finalization and finalize --post after
-// it, ostree did not merge, the new /etc is the ostree-only run's, and the
-// plan is persisted.
+// sealUnit's seal ("": any) before ostree's finalization and finalize
+// --post after it, ostree did not merge, the new /etc is the ostree-only
+// run's, and the plan is persisted. Lines are placed by PID 1's
+// Stopping/Stopped messages of the unit, not by their own unit field:
+// journald leaves that out when a short-lived process is gone before it
+// looks.
 func (e *bootEnv) sealedAndFinalized(t *testing.T, r *bootRun, sealUnit string) (harness.Deployment, []harness.JournalEntry) {
 	t.Helper()
 	d := r.finalized(t)
 	j := r.s.Journal(t)
 	t.Logf("journal (ostree units and ours):\n%s", journalText(j))
-	seal := journalFind(j, 0, func(x harness.JournalEntry) bool {
-		return (sealUnit == "" || x.Unit == sealUnit) && x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "sealed the /etc merge")
-	})
-	fin := journalFind(j, 0, func(x harness.JournalEntry) bool {
-		return x.Unit == unitOstFS && x.Ident == "ostree"
-	})
-	post := journalFind(j, 0, func(x harness.JournalEntry) bool {
-		return x.Unit == unitOstFS && x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "Plan persisted")
-	})
+	ours := func(msg string) func(harness.JournalEntry) bool {
+		return func(x harness.JournalEntry) bool {
+			return x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, msg)
+		}
+	}
+	fs, fe := stopSpan(j, unitOstFS)
+	fin := journalFind(j[:max(fe, 0)], max(fs, 0), func(x harness.JournalEntry) bool { return x.Ident == "ostree" })
+	post := journalFind(j[:max(fe, 0)], max(fs, 0), ours("Plan persisted"))
+	seal := journalFind(j[:max(fin, 0)], 0, ours("sealed the /etc merge"))
+	if sealUnit != "" {
+		ss, se := stopSpan(j, sealUnit)
+		seal = journalFind(j[:max(se, 0)], max(ss, 0), ours("sealed the /etc merge"))
+	}
 	if seal < 0 || fin < 0 || post < 0 || !(seal < fin && fin < post) {
-		t.Fatalf("want %s's seal < ostree's finalization < finalize --post in the journal, got %d %d %d:\n%s", sealUnit, seal, fin, post, journalText(j))
+		t.Fatalf("want the seal (%q) < ostree's finalization < finalize --post in the journal, got %d %d %d:\n%s", sealUnit, seal, fin, post, journalText(j))
 	}
 	if i := journalFind(j, 0, func(x harness.JournalEntry) bool { return strings.Contains(x.Message, "Copying /etc changes") }); i >= 0 {
 		t.Errorf("ostree merged /etc although we took over: %s", j[i])
@@ -243,6 +250,28 @@ func (e *bootEnv) sealedAndFinalized(t *testing.T, r *bootRun, sealUnit string) 
 		t.Fatalf("no plan persisted: %v", err)
 	}
 	return d, j
+}
+
+// stopSpan is where unit stopped in the journal: from PID 1's "Stopping"
+// to its "Stopped" (or failure); -1, -1 when it did not.
+func stopSpan(j []harness.JournalEntry, unit string) (int, int) {
+	pid1 := func(prefix string) func(harness.JournalEntry) bool {
+		return func(x harness.JournalEntry) bool {
+			return x.Ident == "systemd" && x.Unit == unit && strings.Contains(x.Message, prefix)
+		}
+	}
+	s := journalFind(j, 0, pid1("Stopping "))
+	if s < 0 {
+		return -1, -1
+	}
+	e := journalFind(j, s, pid1("Stopped "))
+	if f := journalFind(j, s, pid1("Failed with result")); f >= 0 && (e < 0 || f < e) {
+		e = f
+	}
+	if e < 0 {
+		return -1, -1
+	}
+	return s, e
 }
 
 // stageOurs is stage for the image with our units.

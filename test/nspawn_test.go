@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +114,7 @@ func TestNspawnBoot(t *testing.T) {
 			t.Run("watcher-killed", e.watcherKilled)
 			t.Run("watcher-hung", e.watcherHung)
 			t.Run("finalize-fails", e.finalizeFails)
+			t.Run("stage-then-poweroff", e.stageThenPoweroff)
 		})
 	}
 }
@@ -143,6 +145,15 @@ func (e *bootEnv) stage(t *testing.T, img *harness.BootImage, ours bool) *bootRu
 		if st := r.m.UnitState(unitSeal); !strings.HasPrefix(st, "active/exited") {
 			t.Fatalf("%s: %s", unitSeal, st)
 		}
+		// The seal unit is active before stage starts, so at shutdown it
+		// stops (seals) after stage stopped, whatever stage had done:
+		// a poweroff right after staging must not leave a takeover
+		// unsealed (stage-then-poweroff hits that window only by chance).
+		sealUp := r.m.MustRun("systemctl", "show", "--value", "--property=ActiveEnterTimestampMonotonic", unitSeal)
+		stageUp := r.m.MustRun("systemctl", "show", "--value", "--property=InactiveExitTimestampMonotonic", unitStage)
+		if a, b := atoiT(t, sealUp), atoiT(t, stageUp); a == 0 || a > b {
+			t.Fatalf("%s active at %d µs, after %s started at %d µs", unitSeal, a, unitStage, b)
+		}
 	}
 	r.m.MustShell(bootEditsAfter)
 	return r
@@ -156,6 +167,15 @@ func (r *bootRun) finalized(t *testing.T) harness.Deployment {
 		t.Fatalf("after poweroff: want the update %s first of 2 deployments:\n%s", r.update, r.s.Status())
 	}
 	return ds[0]
+}
+
+func atoiT(t *testing.T, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		t.Fatalf("not a number: %q", s)
+	}
+	return n
 }
 
 func bootEtc(t *testing.T, d harness.Deployment) harness.Manifest {
@@ -272,6 +292,43 @@ func stopSpan(j []harness.JournalEntry, unit string) (int, int) {
 		return -1, -1
 	}
 	return s, e
+}
+
+// stageThenPoweroff: staging and powering off at once (as `bootc upgrade
+// --apply` or `rpm-ostree upgrade --reboot` do): whatever stage managed
+// before the shutdown, the new /etc is ostree's, and finalization succeeds.
+func (e *bootEnv) stageThenPoweroff(t *testing.T) {
+	r := &bootRun{s: e.ours.Sysroot.Copy(t)}
+	r.m = r.s.NspawnBoot(t, r.s.Deployments()[0])
+	r.m.MustShell(bootEditsBefore)
+	r.m.MustShell(bootEditsAfter)
+	r.update = e.ours.CommitUpdate(r.s)
+	// Starting ostree's unit before the poweroff is what rpm-ostree and
+	// bootc do (ostree ≥ 2025.2's deploy --stage does it itself; 2022.7
+	// relies on its path unit, which a poweroff at once can beat).
+	r.m.Run("/bin/sh", "-c", "ostree admin deploy --stage --os="+harness.NspawnOS+" "+e.ours.Branch+
+		" && systemctl start "+unitOstFS+" && systemctl poweroff")
+	r.m.Wait(bootLimit)
+	j := r.s.Journal(t)
+	t.Logf("journal (ostree units and ours):\n%s", journalText(j))
+	d := r.finalized(t)
+	if diff := bootEtc(t, d).Diff(e.baseEtc); diff != nil {
+		t.Fatalf("new /etc differs from the ostree-only run:\n%s\n%s", strings.Join(diff, "\n"), journalText(j))
+	}
+	// The invariant: a takeover is always sealed before ostree finalizes
+	// (else an /etc change after stage's merge would be lost). Which
+	// window the poweroff hits varies; any takeover must be followed by
+	// a seal.
+	fs, _ := stopSpan(j, unitOstFS)
+	took := journalFind(j, 0, func(x harness.JournalEntry) bool {
+		return x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "took over the /etc merge")
+	})
+	if took >= 0 && journalFind(j[:max(fs, 0)], took, func(x harness.JournalEntry) bool {
+		return x.Ident == "ostree-prefinalize" && strings.Contains(x.Message, "sealed the /etc merge")
+	}) < 0 {
+		t.Fatalf("stage took over the merge but nothing sealed it before ostree's finalization:\n%s", journalText(j))
+	}
+	t.Logf("stage took over before the shutdown: %v", took >= 0)
 }
 
 // stageOurs is stage for the image with our units.

@@ -421,6 +421,12 @@ func (m *Machine) WaitUnit(unit, want string, timeout time.Duration) {
 func (m *Machine) Poweroff(timeout time.Duration) {
 	m.t.Helper()
 	m.Run("systemctl", "poweroff") // may fail as the system goes down
+	m.Wait(timeout)
+}
+
+// Wait waits (up to timeout) for the container to exit by itself.
+func (m *Machine) Wait(timeout time.Duration) {
+	m.t.Helper()
 	select {
 	case <-m.done:
 	case <-time.After(timeout):

@@ -7,7 +7,10 @@ DESTDIR ?=
 E2E     ?= 1
 FUZZTIME ?= 60s
 FUZZLONG ?= 5m
-DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap
+DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap systemd-container debootstrap
+# The Debian roots TestNspawnBoot boots under systemd-nspawn (whatever the
+# host's suite: they are booted, not only run from), built once by make deps.
+BOOT_SUITES ?= bookworm trixie
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR  ?= $(PREFIX)/share/man
 BUILDDIR := bin
@@ -28,6 +31,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v ostree >/dev/null
+	@for s in $(BOOT_SUITES); do ./test/roots/build.sh $$s || exit 1; done
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ostree-prefinalize

@@ -56,8 +56,16 @@ rm -f /etc/opf/up.conf
 `
 )
 
-// bootSuites are the oracles: Debian roots and their ostree.
-var bootSuites = []string{"bookworm", "trixie"}
+// bootSuites are the oracles: Debian roots and their ostree;
+// OSTREE_PREFINALIZE_ORACLE (make test ORACLE=...) narrows them to a
+// comma-separated list ("all" or unset: both).
+func bootSuites() []string {
+	o := os.Getenv("OSTREE_PREFINALIZE_ORACLE")
+	if o == "" || o == "all" {
+		return []string{"bookworm", "trixie"}
+	}
+	return strings.Split(o, ",")
+}
 
 // ourInstall is `make install DESTDIR=` (static binary: it runs against
 // the root's libc) plus the test's cleanup timer override.
@@ -92,11 +100,11 @@ type bootEnv struct {
 }
 
 func TestNspawnBoot(t *testing.T) {
-	for _, s := range bootSuites {
+	for _, s := range bootSuites() {
 		harness.RequireNspawn(t, s)
 	}
 	inst := ourInstall(t)
-	for _, suite := range bootSuites {
+	for _, suite := range bootSuites() {
 		t.Run(suite, func(t *testing.T) {
 			root := harness.RequireNspawn(t, suite)
 			e := &bootEnv{suite: suite}

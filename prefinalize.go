@@ -16,7 +16,7 @@
 // staged update will leave unreachable; Cleanup deletes a plan persisted
 // at the last shutdown (normally the cleanup timer does it).
 //
-// Everything here is a thin layer over the packages finalize (the
+// Everything here is a thin layer over the packages lifecycle (the
 // lifecycle) and prune (the plan); the shutdown steps (`finalize --pre`,
 // `finalize --post`) and the watcher belong to the systemd units.
 //
@@ -32,8 +32,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
@@ -61,8 +61,8 @@ type Options struct {
 	Progress func(done, total int)
 }
 
-func (o Options) config() finalize.Config {
-	return finalize.Config{
+func (o Options) config() lifecycle.Config {
+	return lifecycle.Config{
 		Sysroot: o.Sysroot, RunDir: o.RunDir, NoTakeover: o.NoTakeover, ImageGC: o.ImageGC,
 		Log: o.Logger, LockTimeout: o.LockTimeout, Progress: o.Progress,
 	}
@@ -72,16 +72,16 @@ func (o Options) config() finalize.Config {
 // command prints with --json.
 type (
 	// StageResult says what Stage did.
-	StageResult = finalize.StageResult
+	StageResult = lifecycle.StageResult
 	// StatusReport is `status --json`: stable field names.
-	StatusReport = finalize.Status
+	StatusReport = lifecycle.Status
 	// CleanupResult says what Cleanup deleted.
-	CleanupResult = finalize.CleanupResult
+	CleanupResult = lifecycle.CleanupResult
 )
 
 // ErrNotBooted: Stage found a staged deployment but the sysroot is not the
 // booted one (the staged state only exists on a booted system).
-var ErrNotBooted = finalize.ErrNotBooted
+var ErrNotBooted = lifecycle.ErrNotBooted
 
 // Journal MESSAGE_IDs of the notable events, for daemons that watch the
 // journal (`journalctl MESSAGE_ID=...`).
@@ -99,12 +99,12 @@ const (
 // nothing staged it returns a result whose Staged is nil. A merge that
 // fails is returned as an error after falling back to ostree's own state.
 func Stage(ctx context.Context, o Options) (*StageResult, error) {
-	return finalize.Stage(ctx, o.config())
+	return lifecycle.Stage(ctx, o.config())
 }
 
 // Status reads what is staged, precomputed and pending. It only reads.
 func Status(ctx context.Context, o Options) (*StatusReport, error) {
-	return finalize.GetStatus(ctx, o.config())
+	return lifecycle.GetStatus(ctx, o.config())
 }
 
 // Cleanup deletes the objects of the plan persisted at the last shutdown,
@@ -112,7 +112,7 @@ func Status(ctx context.Context, o Options) (*StatusReport, error) {
 // and removes the plan. Cancelled, it stops promptly and keeps the rest for
 // the next run. With nothing pending, Pending is false.
 func Cleanup(ctx context.Context, o Options) (*CleanupResult, error) {
-	return finalize.Cleanup(ctx, o.config())
+	return lifecycle.Cleanup(ctx, o.config())
 }
 
 // PlanResult is the mock prune for the staged transition.

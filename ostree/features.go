@@ -12,7 +12,7 @@ package ostree
 // behaviour of every row. For each row that is the side of doing less (a
 // merge that fails where a newer ostree would skip an entry falls back to
 // ostree's own merge; no SELinux refresh means no takeover when one is
-// needed, see finalize/selinux.go).
+// needed, see lifecycle/selinux.go).
 
 import (
 	"bufio"

@@ -43,7 +43,7 @@ type State struct {
 	EtcReason string `json:"etc_reason,omitempty"` // why the last etc transition happened
 	Takeover  bool   `json:"takeover,omitempty"`   // the staged state on disk is our rewrite
 	// Policy is the outcome of our SELinux policy refresh of the staged
-	// deployment (finalize.Policy*), meaningful with Takeover.
+	// deployment (lifecycle.PolicyState), meaningful with Takeover.
 	Policy string `json:"policy,omitempty"`
 
 	PruneState   string `json:"prune_state,omitempty"` // one of Prune*; "" reads as PruneNone
@@ -67,7 +67,7 @@ type Transition struct {
 // Blob names in the runtime store.
 const (
 	BlobOrigStaged = "orig-staged" // ostree's staged-deployment bytes before takeover
-	BlobBaseline   = "baseline"    // finalize's baseline of the booted /etc
+	BlobBaseline   = "baseline"    // the lifecycle's baseline (etcmerge.Baseline) of the booted /etc
 	BlobPlan       = "plan"        // prune's plan
 )
 

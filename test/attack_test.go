@@ -42,7 +42,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -147,7 +147,7 @@ func newAttackEnv(t *testing.T, stage bool) *attackEnv {
 	w.ostreeOnly = w.b.Copy(t)
 	if stage {
 		out := w.b.MustRun("ostree-prefinalize", "stage", "--json")
-		var sr finalize.StageResult
+		var sr lifecycle.StageResult
 		if err := json.Unmarshal([]byte(out), &sr); err != nil || sr.Etc.State != "precomputed" || !sr.Etc.Takeover {
 			t.Fatalf("stage: %v\n%s", err, out)
 		}

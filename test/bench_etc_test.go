@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -124,7 +124,7 @@ func TestEtcMergeBench(t *testing.T) {
 		var counts string
 		for i := 0; i < runs; i++ {
 			ours, theirs := staged.Copy(t), staged.Copy(t)
-			var sr finalize.StageResult
+			var sr lifecycle.StageResult
 			if err := json.Unmarshal([]byte(ours.MustRun("ostree-prefinalize", "stage", "--json")), &sr); err != nil || !sr.Etc.Takeover {
 				t.Fatalf("stage: %+v, %v", sr.Etc, err)
 			}
@@ -134,7 +134,7 @@ func TestEtcMergeBench(t *testing.T) {
 			}
 			settle(t, false)
 			dp, _, out := timedRun(t, ours, "ostree-prefinalize finalize --pre --json")
-			var pr finalize.PreResult
+			var pr lifecycle.PreResult
 			if err := json.Unmarshal([]byte(out), &pr); err != nil || pr.Etc.State != "sealed" || !pr.Etc.Takeover {
 				t.Fatalf("finalize --pre: %+v, %v\n%s", pr.Etc, err, out)
 			}

@@ -17,7 +17,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -183,7 +184,7 @@ func TestEtcBadInputUnreadable(t *testing.T) {
 		e := e.withT(t)
 		ours, theirs, staged := e.forkStaged(t, `rm /etc/conf.d/b.conf`, nil)
 		orig := stagedBytes(t, ours)
-		var sr finalize.StageResult
+		var sr lifecycle.StageResult
 		if err := json.Unmarshal([]byte(ours.MustRun("ostree-prefinalize", "stage", "--json")), &sr); err != nil || !sr.Etc.Takeover {
 			t.Fatalf("stage: %+v, %v", sr.Etc, err)
 		}
@@ -194,7 +195,7 @@ func TestEtcBadInputUnreadable(t *testing.T) {
 		if err != nil {
 			t.Fatalf("finalize --pre must fall back, not fail: %v", err)
 		}
-		var pr finalize.PreResult
+		var pr lifecycle.PreResult
 		if err := json.Unmarshal([]byte(out), &pr); err != nil {
 			t.Fatalf("finalize --pre --json: %v\n%s", err, out)
 		}
@@ -295,7 +296,7 @@ func TestEtcBadInputEscape(t *testing.T) {
 }
 
 // refreshHelperEnv, when set, makes TestEtcRefreshHelperProcess act as a
-// helper run inside a booted namespace: it calls finalize.Refresh there
+// helper run inside a booted namespace: it calls lifecycle.Refresh there
 // (which only works on a booted host) with the JSON list of paths in the
 // variable, one call per path, and prints one JSON line per call.
 const refreshHelperEnv = "OSTREE_PREFINALIZE_REFRESH_HELPER"
@@ -318,8 +319,8 @@ func TestEtcRefreshHelperProcess(t *testing.T) {
 	}
 	enc := json.NewEncoder(os.Stdout)
 	for _, p := range paths {
-		n, err := finalize.Refresh(context.Background(), finalize.Config{}, []string{p})
-		o := refreshOutcome{Path: p, Written: n, BadPath: errors.Is(err, finalize.ErrBadPath)}
+		n, err := lifecycle.Refresh(context.Background(), lifecycle.Config{}, []string{p})
+		o := refreshOutcome{Path: p, Written: n, BadPath: errors.Is(err, etcmerge.ErrBadPath)}
 		if err != nil {
 			o.Err = err.Error()
 		}
@@ -338,7 +339,7 @@ func TestEtcBadInputRefreshHostilePaths(t *testing.T) {
 	}
 	e := newEtcEnv(t, nil, nil, harness.OnPath(self))
 	ours, theirs, staged := e.forkStaged(t, `echo more >> /etc/hosts`, nil)
-	var sr finalize.StageResult
+	var sr lifecycle.StageResult
 	if err := json.Unmarshal([]byte(ours.MustRun("ostree-prefinalize", "stage", "--json")), &sr); err != nil || !sr.Etc.Takeover {
 		t.Fatalf("stage: %+v, %v", sr.Etc, err)
 	}

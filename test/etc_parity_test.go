@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -148,8 +148,8 @@ type etcRun struct {
 type etcResult struct {
 	ours, theirs *harness.BootedHost
 	staged       harness.Deployment
-	stage        finalize.StageResult
-	pre          finalize.PreResult
+	stage        lifecycle.StageResult
+	pre          lifecycle.PreResult
 	fin, ofin    harness.FinalizeResult
 }
 

@@ -25,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -114,7 +114,7 @@ func testEtcSELinuxRefreshParity(t *testing.T) {
 		wantTakeover: true,
 		setup:        func(t *testing.T, h *harness.BootedHost, s harness.Deployment) { staged = s },
 		afterStage: func(t *testing.T, h *harness.BootedHost) {
-			if st := statusOf(t, h); st.Etc.SELinuxPolicy != finalize.PolicyRefreshed {
+			if st := statusOf(t, h); st.Etc.SELinuxPolicy != lifecycle.PolicyRefreshed {
 				t.Fatalf("status after stage: %+v", st.Etc)
 			}
 			// stage again (ostree-prefinalize.path does, after our
@@ -129,16 +129,16 @@ func testEtcSELinuxRefreshParity(t *testing.T) {
 				return fi.Sys().(*syscall.Stat_t).Ino
 			}
 			before := ino()
-			var again finalize.StageResult
+			var again lifecycle.StageResult
 			if err := json.Unmarshal([]byte(h.MustRun("ostree-prefinalize", "stage", "--json")), &again); err != nil {
 				t.Fatal(err)
 			}
-			if !again.Etc.Takeover || again.Etc.Written != 0 || again.Etc.Policy != finalize.PolicyRefreshed || ino() != before {
+			if !again.Etc.Takeover || again.Etc.Written != 0 || again.Etc.Policy != lifecycle.PolicyRefreshed || ino() != before {
 				t.Fatalf("stage again: %+v, policy rebuilt: %v", again.Etc, ino() != before)
 			}
 		},
 	})
-	if r.stage.Etc.Policy != finalize.PolicyRefreshed || r.pre.Etc.Policy != finalize.PolicyRefreshed {
+	if r.stage.Etc.Policy != lifecycle.PolicyRefreshed || r.pre.Etc.Policy != lifecycle.PolicyRefreshed {
 		t.Fatalf("policy: stage %+v, pre %+v", r.stage.Etc, r.pre.Etc)
 	}
 	requireRefreshLog(t, semoduleLog(t, r.ours, r.staged), true)
@@ -210,7 +210,7 @@ func testEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 				b, _ := os.ReadFile(homedirs)
 				st := statusOf(t, h)
 				return strings.Contains(string(b), "/srv/bob") && st.Etc.State == "precomputed" && st.Etc.PendingPaths == 0 &&
-						st.Etc.SELinuxPolicy == finalize.PolicyRefreshed,
+						st.Etc.SELinuxPolicy == lifecycle.PolicyRefreshed,
 					string(b) + " / " + st.Etc.State + ": " + st.Etc.Reason
 			})
 			if err := p.Signal(syscall.SIGTERM); err != nil {
@@ -235,7 +235,7 @@ func TestEtcSELinuxNoRebuildOption(t *testing.T) {
 func testEtcSELinuxNoRebuildOption(t *testing.T) {
 	e := newSELinuxEnv(t, true)
 	r := e.run(t, etcRun{before: seAddModule, after: seAddUser, wantTakeover: true})
-	if r.stage.Etc.Policy != finalize.PolicyUnsupported || r.pre.Etc.Policy != finalize.PolicyUnsupported {
+	if r.stage.Etc.Policy != lifecycle.PolicyUnsupported || r.pre.Etc.Policy != lifecycle.PolicyUnsupported {
 		t.Fatalf("policy: stage %+v, pre %+v", r.stage.Etc, r.pre.Etc)
 	}
 	requireRefreshLog(t, semoduleLog(t, r.ours, r.staged), false)
@@ -278,11 +278,11 @@ func testEtcSELinuxReadOnlySysroot(t *testing.T) {
 	if out := ro.MustShell(`grep ' /sysroot ' /proc/self/mountinfo`); !strings.Contains(out, " ro") {
 		t.Fatalf("/sysroot is not read-only in the namespace: %q", out)
 	}
-	var res finalize.StageResult
+	var res lifecycle.StageResult
 	if err := json.Unmarshal([]byte(ro.MustRun("ostree-prefinalize", "stage", "--json")), &res); err != nil {
 		t.Fatal(err)
 	}
-	if !res.Etc.Takeover || res.Etc.Policy != finalize.PolicyRefreshed {
+	if !res.Etc.Takeover || res.Etc.Policy != lifecycle.PolicyRefreshed {
 		t.Fatalf("stage on a read-only sysroot: %+v", res.Etc)
 	}
 	ro.MustRun("ostree-prefinalize", "finalize", "--pre")
@@ -364,7 +364,7 @@ func testEtcSELinuxKillDuringRefresh(t *testing.T) {
 	orig := stagedBytes(t, base)
 	finish := func(t *testing.T, ours *harness.BootedHost, theirs *harness.BootedHost) {
 		t.Helper()
-		var pre finalize.PreResult
+		var pre lifecycle.PreResult
 		if err := json.Unmarshal([]byte(ours.MustRun("ostree-prefinalize", "finalize", "--pre", "--json")), &pre); err != nil {
 			t.Fatal(err)
 		}

@@ -30,7 +30,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune/prunetest"
@@ -391,7 +391,7 @@ func TestCleanupSIGKILL(t *testing.T) {
 	// The final rerun, as at the next boot.
 	nb := s.NextBoot(t, f.e.opts)
 	out := nb.MustRun("ostree-prefinalize", "cleanup", "--foreground", "--json")
-	var cr finalize.CleanupResult
+	var cr lifecycle.CleanupResult
 	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Remaining != 0 {
 		t.Fatalf("final cleanup: %v\n%s", err, out)
 	}
@@ -670,10 +670,10 @@ func TestCleanupCancelSyncsBeforeRecording(t *testing.T) {
 	}
 }
 
-// inProcessCleanupConfig runs finalize.Cleanup in this process on a copy of the
+// inProcessCleanupConfig runs lifecycle.Cleanup in this process on a copy of the
 // fixture's sysroot (not booted: cleanup needs no booted deployment).
-func inProcessCleanupConfig(t *testing.T, sysroot string, progress func(done, total int)) finalize.Config {
-	return finalize.Config{Sysroot: sysroot, RunDir: t.TempDir(), Progress: progress,
+func inProcessCleanupConfig(t *testing.T, sysroot string, progress func(done, total int)) lifecycle.Config {
+	return lifecycle.Config{Sysroot: sysroot, RunDir: t.TempDir(), Progress: progress,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), LockTimeout: time.Minute}
 }
 
@@ -707,7 +707,7 @@ func TestCleanupWriteAndDeleteFaults(t *testing.T) {
 	wantSet := f.want
 	finish := func(t *testing.T, sys, repo, when string) {
 		t.Helper()
-		res, err := finalize.Cleanup(context.Background(), inProcessCleanupConfig(t, sys, nil))
+		res, err := lifecycle.Cleanup(context.Background(), inProcessCleanupConfig(t, sys, nil))
 		if err != nil || res.Remaining != 0 {
 			t.Fatalf("%s: rerun: %+v %v", when, res, err)
 		}
@@ -737,7 +737,7 @@ func TestCleanupWriteAndDeleteFaults(t *testing.T) {
 		planDir := filepath.Dir(store.PlanPath(sys))
 		chattrT(t, "+i", planDir)
 		ctx, cancel := context.WithCancel(context.Background())
-		res, err := finalize.Cleanup(ctx, inProcessCleanupConfig(t, sys, func(done, total int) {
+		res, err := lifecycle.Cleanup(ctx, inProcessCleanupConfig(t, sys, func(done, total int) {
 			if done >= n {
 				cancel()
 			}
@@ -786,7 +786,7 @@ func TestCleanupWriteAndDeleteFaults(t *testing.T) {
 		when := "objects/" + xx + " immutable"
 		sys, repo := copySys(t)
 		chattrT(t, "+i", filepath.Join(repo, "objects", xx))
-		res, err := finalize.Cleanup(context.Background(), inProcessCleanupConfig(t, sys, nil))
+		res, err := lifecycle.Cleanup(context.Background(), inProcessCleanupConfig(t, sys, nil))
 		if !errors.Is(err, syscall.EPERM) || !strings.Contains(err.Error(), "/objects/"+xx+"/") {
 			t.Fatalf("%s: error %v, want EPERM naming the object", when, err)
 		}
@@ -887,7 +887,7 @@ func TestCleanupConcurrentWriter(t *testing.T) {
 		if wErr != nil {
 			t.Fatalf("%s: ostree %s: %v\n%s\n%s", name, kind, wErr, wout, werr)
 		}
-		var cr finalize.CleanupResult
+		var cr lifecycle.CleanupResult
 		if err := json.Unmarshal(r.out.Bytes(), &cr); err != nil {
 			t.Fatalf("%s: cleanup --json: %v\n%s", name, err, r.out.String())
 		}
@@ -1075,7 +1075,7 @@ func testLockedFinalizationNothingDeleted(t *testing.T) {
 			before := parityObjects(t, e.s.Repo)
 			deps := deployedNames(b.Deployments())
 
-			var sr finalize.StageResult
+			var sr lifecycle.StageResult
 			if err := json.Unmarshal([]byte(b.MustRun("ostree-prefinalize", "stage", "--json")), &sr); err != nil {
 				t.Fatal(err)
 			}

@@ -2,7 +2,7 @@ package test
 
 // Faults on the /etc side (issue 7): SIGKILL at random points of `stage`,
 // of a watcher batch and of `finalize --pre`, and an injected I/O error at
-// every position of every write path (the function-field finalize.FS) of
+// every position of every write path (the function-field etcmerge.FS) of
 // Stage, Refresh and Pre. After each fault the staged etc may hold only
 // whole files (each regular file byte for byte a new default or a version
 // the booted etc had), and the next `finalize --pre` either seals the exact
@@ -32,7 +32,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -186,7 +187,7 @@ func checkWhole(t *testing.T, staged string, allowed contents, when string) []st
 // finishAndCompare runs our finalize --pre (which must succeed), the real
 // finalize-staged, and compares the new etc with want; no temporary file
 // of ours may reach it.
-func (f *faultEtcEnv) finishAndCompare(t *testing.T, c *harness.BootedHost, want harness.Manifest, when string) finalize.Status {
+func (f *faultEtcEnv) finishAndCompare(t *testing.T, c *harness.BootedHost, want harness.Manifest, when string) lifecycle.Status {
 	t.Helper()
 	if _, stderr, err := c.Run(f.ctx, "ostree-prefinalize", "finalize", "--pre"); err != nil {
 		t.Fatalf("%s: finalize --pre after the fault: %v\n%s", when, err, stderr)
@@ -438,16 +439,16 @@ func (c *countingFS) hit(field string) error {
 	return nil
 }
 
-func (c *countingFS) fs() finalize.FS {
-	r := finalize.RealFS()
-	return finalize.FS{
-		WriteFileAtomic: func(dir *os.File, name string, src io.Reader, a finalize.Attr) error {
+func (c *countingFS) fs() etcmerge.FS {
+	r := etcmerge.RealFS()
+	return etcmerge.FS{
+		WriteFileAtomic: func(dir *os.File, name string, src io.Reader, a etcmerge.Attr) error {
 			if err := c.hit("WriteFileAtomic"); err != nil {
 				return err
 			}
 			return r.WriteFileAtomic(dir, name, src, a)
 		},
-		SymlinkAtomic: func(dir *os.File, name, target string, a finalize.Attr) error {
+		SymlinkAtomic: func(dir *os.File, name, target string, a etcmerge.Attr) error {
 			if err := c.hit("SymlinkAtomic"); err != nil {
 				return err
 			}
@@ -459,7 +460,7 @@ func (c *countingFS) fs() finalize.FS {
 			}
 			return r.Mkdir(dir, name, mode)
 		},
-		SetDirAttr: func(d *os.File, a finalize.Attr) error {
+		SetDirAttr: func(d *os.File, a etcmerge.Attr) error {
 			if err := c.hit("SetDirAttr"); err != nil {
 				return err
 			}
@@ -494,13 +495,13 @@ func (c *countingFS) fs() finalize.FS {
 
 // inProcess is the lifecycle configuration for a booted fork run from
 // outside its namespace: the fork's deployment directory stands for "/".
-func inProcess(t *testing.T, c *harness.BootedHost, fsys finalize.FS) finalize.Config {
+func inProcess(t *testing.T, c *harness.BootedHost, fsys etcmerge.FS) lifecycle.Config {
 	t.Helper()
 	var st unix.Stat_t
 	if err := unix.Stat(c.Deployment.Dir, &st); err != nil {
 		t.Fatal(err)
 	}
-	return finalize.Config{Sysroot: c.Sysroot.Path, RunDir: c.RunDir, FS: fsys,
+	return lifecycle.Config{Sysroot: c.Sysroot.Path, RunDir: c.RunDir, FS: fsys,
 		BootedDevIno: &[2]uint64{st.Dev, st.Ino},
 		Log:          slog.New(slog.NewTextHandler(io.Discard, nil)), LockTimeout: 10 * time.Second}
 }
@@ -528,7 +529,7 @@ func TestFaultsEtcInjectedIO(t *testing.T) {
 	}
 	// Templates: staged by us in-process (for refresh and pre), edits made.
 	tmpl := f.b.Copy(t)
-	if r, err := finalize.Stage(ctx, inProcess(t, tmpl, finalize.RealFS())); err != nil || !r.Etc.Takeover {
+	if r, err := lifecycle.Stage(ctx, inProcess(t, tmpl, etcmerge.RealFS())); err != nil || !r.Etc.Takeover {
 		t.Fatalf("in-process stage: %+v, %v", r, err)
 	}
 	after(tmpl.EtcDir())
@@ -536,23 +537,23 @@ func TestFaultsEtcInjectedIO(t *testing.T) {
 	type step struct {
 		name string
 		base *harness.BootedHost
-		run  func(cfg finalize.Config) error
+		run  func(cfg lifecycle.Config) error
 		want harness.Manifest
 	}
 	steps := []step{
-		{"stage", f.b, func(cfg finalize.Config) error {
-			r, err := finalize.Stage(ctx, cfg)
+		{"stage", f.b, func(cfg lifecycle.Config) error {
+			r, err := lifecycle.Stage(ctx, cfg)
 			if err == nil && r.Etc.State != store.EtcPrecomputed {
 				err = fmt.Errorf("stage: %+v", r.Etc)
 			}
 			return err
 		}, wantStage},
-		{"refresh", tmpl, func(cfg finalize.Config) error {
-			_, err := finalize.Refresh(ctx, cfg, nil)
+		{"refresh", tmpl, func(cfg lifecycle.Config) error {
+			_, err := lifecycle.Refresh(ctx, cfg, nil)
 			return err
 		}, wantAfter},
-		{"pre", tmpl, func(cfg finalize.Config) error {
-			r, err := finalize.Pre(ctx, cfg)
+		{"pre", tmpl, func(cfg lifecycle.Config) error {
+			r, err := lifecycle.Pre(ctx, cfg)
 			if err == nil && r.Etc.State != store.EtcSealed {
 				err = fmt.Errorf("pre: %+v", r.Etc)
 			}

@@ -29,7 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
@@ -92,18 +92,18 @@ func dirNames(t *testing.T, d string) []string {
 // of ostree's staged state, the store). Needs no booted host: the check
 // comes first.
 func TestHostileStateDirInProcess(t *testing.T) {
-	steps := map[string]func(cfg finalize.Config) error{
-		"stage": func(cfg finalize.Config) error { _, err := finalize.Stage(context.Background(), cfg); return err },
-		"refresh": func(cfg finalize.Config) error {
-			_, err := finalize.Refresh(context.Background(), cfg, []string{"hosts"})
+	steps := map[string]func(cfg lifecycle.Config) error{
+		"stage": func(cfg lifecycle.Config) error { _, err := lifecycle.Stage(context.Background(), cfg); return err },
+		"refresh": func(cfg lifecycle.Config) error {
+			_, err := lifecycle.Refresh(context.Background(), cfg, []string{"hosts"})
 			return err
 		},
-		"pre":          func(cfg finalize.Config) error { _, err := finalize.Pre(context.Background(), cfg); return err },
-		"mark-pending": func(cfg finalize.Config) error { return finalize.MarkPending(cfg, []string{"hosts"}) },
-		"watch": func(cfg finalize.Config) error {
+		"pre":          func(cfg lifecycle.Config) error { _, err := lifecycle.Pre(context.Background(), cfg); return err },
+		"mark-pending": func(cfg lifecycle.Config) error { return lifecycle.MarkPending(cfg, []string{"hosts"}) },
+		"watch": func(cfg lifecycle.Config) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			return finalize.Watch(ctx, cfg, finalize.WatchOptions{})
+			return lifecycle.Watch(ctx, cfg, lifecycle.WatchOptions{})
 		},
 	}
 	for _, u := range unsafeStateDirs {
@@ -111,7 +111,7 @@ func TestHostileStateDirInProcess(t *testing.T) {
 			t.Run(u.name+"/"+name, func(t *testing.T) {
 				run := t.TempDir()
 				where := u.mk(t, run)
-				err := step(finalize.Config{Sysroot: t.TempDir(), RunDir: run})
+				err := step(lifecycle.Config{Sysroot: t.TempDir(), RunDir: run})
 				if !errors.Is(err, store.ErrUnsafe) {
 					t.Fatalf("%s: %v, want store.ErrUnsafe", name, err)
 				}

@@ -13,13 +13,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
-func statusOf(t *testing.T, b *harness.BootedHost) finalize.Status {
+func statusOf(t *testing.T, b *harness.BootedHost) lifecycle.Status {
 	t.Helper()
-	var st finalize.Status
+	var st lifecycle.Status
 	out := b.MustRun("ostree-prefinalize", "status", "--json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
@@ -63,7 +63,7 @@ mkdir -p /etc/newdir/sub && echo x > /etc/newdir/sub/f && ln -s ../added.conf /e
 		t.Fatalf("status: ostree %+v, want version %s refreshing with %s", o, oracle.Version(), flag)
 	}
 	out := b.MustRun("ostree-prefinalize", "stage", "--json")
-	var sr finalize.StageResult
+	var sr lifecycle.StageResult
 	if err := json.Unmarshal([]byte(out), &sr); err != nil {
 		t.Fatalf("stage --json: %v\n%s", err, out)
 	}
@@ -121,7 +121,7 @@ echo more > /etc/after.conf
 
 	before := parityObjects(t, e.s.Repo)
 	out = nextA.MustRun("ostree-prefinalize", "cleanup", "--json", "--foreground")
-	var cr finalize.CleanupResult
+	var cr lifecycle.CleanupResult
 	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Objects == 0 {
 		t.Fatalf("cleanup: %v\n%s", err, out)
 	}

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -239,7 +239,7 @@ func testLifecycleSoftRebootLayout(t *testing.T) {
 	}
 
 	out := nextA.MustRun("ostree-prefinalize", "cleanup", "--json", "--foreground")
-	var cr finalize.CleanupResult
+	var cr lifecycle.CleanupResult
 	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Objects == 0 {
 		t.Fatalf("cleanup after the soft reboot: %v\n%s", err, out)
 	}

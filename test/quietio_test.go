@@ -9,7 +9,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -19,7 +19,7 @@ func TestQuietIOEtc(t *testing.T) {
 	f := newFaultEtcEnv(t, shape, nil)
 	ctx := context.Background()
 	c := f.b.Copy(t)
-	count := func(what string, run func(cfg finalize.Config) error) map[string]int {
+	count := func(what string, run func(cfg lifecycle.Config) error) map[string]int {
 		t.Helper()
 		cfs := &countingFS{counts: map[string]int{}}
 		if err := run(inProcess(t, c, cfs.fs())); err != nil {
@@ -28,8 +28,8 @@ func TestQuietIOEtc(t *testing.T) {
 		t.Logf("calls of %s: %v", what, cfs.counts)
 		return cfs.counts
 	}
-	n := count("stage", func(cfg finalize.Config) error {
-		r, err := finalize.Stage(ctx, cfg)
+	n := count("stage", func(cfg lifecycle.Config) error {
+		r, err := lifecycle.Stage(ctx, cfg)
 		if err == nil && (r.Etc.State != store.EtcPrecomputed || r.Etc.Written == 0) {
 			t.Fatalf("stage: %+v", r.Etc)
 		}
@@ -39,8 +39,8 @@ func TestQuietIOEtc(t *testing.T) {
 		t.Fatalf("stage: %d syncfs, %d fsync, %d files written: want no flush", n["Syncfs"], n["Fsync"], n["WriteFileAtomic"])
 	}
 	faultEdit(t, c.EtcDir(), 2)
-	n = count("a watcher batch", func(cfg finalize.Config) error {
-		w, err := finalize.Refresh(ctx, cfg, nil)
+	n = count("a watcher batch", func(cfg lifecycle.Config) error {
+		w, err := lifecycle.Refresh(ctx, cfg, nil)
 		if err == nil && w == 0 {
 			t.Fatal("the batch wrote nothing")
 		}
@@ -49,8 +49,8 @@ func TestQuietIOEtc(t *testing.T) {
 	if n["Syncfs"] != 0 || n["Fsync"] != 0 {
 		t.Fatalf("watcher batch: %d syncfs, %d fsync: want none", n["Syncfs"], n["Fsync"])
 	}
-	n = count("finalize --pre", func(cfg finalize.Config) error {
-		r, err := finalize.Pre(ctx, cfg)
+	n = count("finalize --pre", func(cfg lifecycle.Config) error {
+		r, err := lifecycle.Pre(ctx, cfg)
 		if err == nil && r.Etc.State != store.EtcSealed {
 			t.Fatalf("pre: %+v", r.Etc)
 		}

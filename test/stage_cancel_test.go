@@ -7,7 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -26,15 +27,15 @@ func TestStageCancelledFallsBack(t *testing.T) {
 	c := f.b.Copy(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	fsys := finalize.RealFS()
+	fsys := etcmerge.RealFS()
 	write, writes := fsys.WriteFileAtomic, 0
-	fsys.WriteFileAtomic = func(dir *os.File, name string, src io.Reader, a finalize.Attr) error {
+	fsys.WriteFileAtomic = func(dir *os.File, name string, src io.Reader, a etcmerge.Attr) error {
 		if writes++; writes == 2 {
 			cancel() // the SIGTERM arrives while the merge writes
 		}
 		return write(dir, name, src, a)
 	}
-	r, err := finalize.Stage(ctx, inProcess(t, c, fsys))
+	r, err := lifecycle.Stage(ctx, inProcess(t, c, fsys))
 	t.Logf("stage: %+v, %v", r, err)
 	if writes < 2 {
 		t.Fatalf("the merge wrote %d files: cancelled nothing", writes)

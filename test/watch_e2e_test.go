@@ -29,7 +29,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -162,7 +162,7 @@ mkdir -p /etc/early.d/sub && echo x > /etc/early.d/sub/f && ln -s ../../early.co
 	}
 	w.ostreeOnly = w.b.Copy(t)
 	out := w.b.MustRun("ostree-prefinalize", "stage", "--json")
-	var sr finalize.StageResult
+	var sr lifecycle.StageResult
 	if err := json.Unmarshal([]byte(out), &sr); err != nil || sr.Etc.State != "precomputed" || !sr.Etc.Takeover {
 		t.Fatalf("stage: %v\n%s", err, out)
 	}
@@ -217,7 +217,7 @@ func (w *watchEnv) startWatcherArgv(argv []string) *harness.Proc {
 	return p
 }
 
-func (w *watchEnv) status() finalize.Status { return statusOf(w.t, w.b) }
+func (w *watchEnv) status() lifecycle.Status { return statusOf(w.t, w.b) }
 
 // stop sends SIGTERM and requires exit status 0, with nothing pending and
 // the watcher no longer running afterwards.

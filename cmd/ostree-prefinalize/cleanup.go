@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 func newCleanupCmd(g *globalOpts) *cobra.Command {
@@ -38,7 +38,7 @@ With no plan pending it does nothing and exits 0.`,
 			}
 			report, stop := countProgress(progressFile(g.stderr), "deleting")
 			cfg.Progress = report
-			res, err := finalize.Cleanup(c.Context(), cfg)
+			res, err := lifecycle.Cleanup(c.Context(), cfg)
 			stop()
 			if res != nil {
 				if asJSON {

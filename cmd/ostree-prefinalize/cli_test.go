@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -119,7 +119,7 @@ func TestExitNothing(t *testing.T) {
 		}
 	}
 	code, out, _ := runCLI(t, append(g, "status", "--json")...)
-	var st finalize.Status
+	var st lifecycle.Status
 	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Staged != nil || st.Etc.State != "none" || st.Prune.State != "none" || st.Cleanup.Pending {
 		t.Errorf("status --json: exit %d, %v\n%s", code, err, out)
 	}

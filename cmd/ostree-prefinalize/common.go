@@ -5,12 +5,12 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 // config turns the global flags into the lifecycle's configuration.
-func (g *globalOpts) config() finalize.Config {
-	return finalize.Config{Sysroot: g.sysroot, RunDir: g.runDir, Log: g.logger()}
+func (g *globalOpts) config() lifecycle.Config {
+	return lifecycle.Config{Sysroot: g.sysroot, RunDir: g.runDir, Log: g.logger()}
 }
 
 // logger is made once per run (after the flags are parsed, -v included).

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 func newFinalizeCmd(g *globalOpts) *cobra.Command {
@@ -49,7 +49,7 @@ With nothing staged (--pre) or nothing planned (--post) it exits 0.`,
 			cfg := g.config()
 			w := c.OutOrStdout()
 			if pre {
-				res, err := finalize.Pre(c.Context(), cfg)
+				res, err := lifecycle.Pre(c.Context(), cfg)
 				if res != nil {
 					if asJSON {
 						printJSON(w, res)
@@ -65,7 +65,7 @@ With nothing staged (--pre) or nothing planned (--post) it exits 0.`,
 			if deleteNow {
 				cfg.Progress, stop = countProgress(progressFile(g.stderr), "deleting")
 			}
-			res, err := finalize.Post(c.Context(), cfg, deleteNow)
+			res, err := lifecycle.Post(c.Context(), cfg, deleteNow)
 			stop()
 			if res != nil {
 				if asJSON {

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
 
@@ -24,7 +24,7 @@ var (
 // (version 0.0.4), as node_exporter's textfile collector reads it. ok false
 // (st nil or not) writes only the success gauge (0) and the timestamp: the
 // status could not be read, and stale numbers would be worse than none.
-func renderMetrics(st *finalize.Status, ok bool, now time.Time) []byte {
+func renderMetrics(st *lifecycle.Status, ok bool, now time.Time) []byte {
 	var b bytes.Buffer
 	gauge := func(name, help string) {
 		fmt.Fprintf(&b, "# HELP ostree_prefinalize_%s %s\n# TYPE ostree_prefinalize_%s gauge\n", name, help, name)
@@ -110,7 +110,7 @@ func escapeLabel(s string) string {
 // filesystem) and its name does not end in .prom, so the collector never
 // reads it. No fsync: metrics are rewritten every run, and after a crash a
 // stale or missing file is harmless.
-func writeMetricsFile(path string, st *finalize.Status, ok bool) error {
+func writeMetricsFile(path string, st *lifecycle.Status, ok bool) error {
 	return writeFileAtomic(path, renderMetrics(st, ok, time.Now()))
 }
 

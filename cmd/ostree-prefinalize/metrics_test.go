@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 var (
@@ -91,13 +91,13 @@ func parseExposition(t *testing.T, text []byte) map[string]float64 {
 	return series
 }
 
-func fullStatus() *finalize.Status {
-	return &finalize.Status{
-		Staged:  &finalize.StagedStatus{OSName: "testos", Checksum: strings.Repeat("ab", 32), Serial: 0, Locked: false},
-		Etc:     finalize.EtcStatus{State: "dirty", PendingPaths: 3, Takeover: true},
-		Prune:   finalize.PruneStatus{State: "planned", Objects: 1234, Bytes: 5 << 30},
-		Cleanup: finalize.CleanupStatus{Pending: true, Objects: 7, Bytes: 4096},
-		Watcher: finalize.WatcherStatus{Running: true},
+func fullStatus() *lifecycle.Status {
+	return &lifecycle.Status{
+		Staged:  &lifecycle.StagedStatus{OSName: "testos", Checksum: strings.Repeat("ab", 32), Serial: 0, Locked: false},
+		Etc:     lifecycle.EtcStatus{State: "dirty", PendingPaths: 3, Takeover: true},
+		Prune:   lifecycle.PruneStatus{State: "planned", Objects: 1234, Bytes: 5 << 30},
+		Cleanup: lifecycle.CleanupStatus{Pending: true, Objects: 7, Bytes: 4096},
+		Watcher: lifecycle.WatcherStatus{Running: true},
 	}
 }
 

@@ -18,7 +18,7 @@ func progressFile(w io.Writer) *os.File {
 }
 
 // countProgress draws "<what> 1234/5678 objects (21%)" on f, rewritten in
-// place at most ten times a second, for finalize.Config.Progress (which is
+// place at most ten times a second, for lifecycle.Config.Progress (which is
 // called after every object, possibly from several goroutines). stop
 // clears the line. With f nil both are no-ops and report is nil, so the
 // lifecycle does not even call it.

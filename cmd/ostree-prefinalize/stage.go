@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 func newStageCmd(g *globalOpts) *cobra.Command {
@@ -45,7 +45,7 @@ With nothing staged it does nothing and exits 0.`,
 			}
 			cfg.ImageGC = gc
 			stop := startProgress(progressFile(g.stderr), "precomputing")
-			res, err := finalize.Stage(c.Context(), cfg)
+			res, err := lifecycle.Stage(c.Context(), cfg)
 			stop()
 			if res != nil && res.Staged != nil {
 				g.logger().Info("precomputed for the staged deployment", slog.String(msgid.Key, msgid.Stage),
@@ -71,7 +71,7 @@ With nothing staged it does nothing and exits 0.`,
 	return c
 }
 
-func printStage(c *cobra.Command, r *finalize.StageResult) {
+func printStage(c *cobra.Command, r *lifecycle.StageResult) {
 	w := c.OutOrStdout()
 	if r.Staged == nil {
 		fmt.Fprintln(w, "Nothing staged.")
@@ -81,7 +81,7 @@ func printStage(c *cobra.Command, r *finalize.StageResult) {
 	fmt.Fprintf(w, "/etc:   %s (%d modified, %d removed, %d added)", r.Etc.State, r.Etc.Modified, r.Etc.Removed, r.Etc.Added)
 	if r.Etc.Takeover {
 		fmt.Fprint(w, "; ostree's merge taken over")
-		if r.Etc.Policy == finalize.PolicyRefreshed {
+		if r.Etc.Policy == lifecycle.PolicyRefreshed {
 			fmt.Fprint(w, ", SELinux policy refreshed")
 		}
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 // textfileName is the file `--textfile-dir` writes: node_exporter's
@@ -57,7 +57,7 @@ broken node. status only reads.`,
 			if quiet && asJSON {
 				return usageError{errors.New("status: --quiet and --json cannot be used together")}
 			}
-			st, err := finalize.GetStatus(c.Context(), g.config())
+			st, err := lifecycle.GetStatus(c.Context(), g.config())
 			if metricsFile != "" {
 				if werr := writeMetricsFile(metricsFile, st, err == nil); werr != nil {
 					return errors.Join(err, fmt.Errorf("writing metrics: %w", werr))
@@ -93,7 +93,7 @@ func shortSum(s string) string {
 
 // writeStatus is the human view: one short line per part, a reason on its
 // own indented line, nothing wider than a terminal except a long reason.
-func writeStatus(w io.Writer, st *finalize.Status) error {
+func writeStatus(w io.Writer, st *lifecycle.Status) error {
 	var b strings.Builder
 	reason := func(r string) {
 		if r != "" {
@@ -112,7 +112,7 @@ func writeStatus(w io.Writer, st *finalize.Status) error {
 	fmt.Fprintf(&b, "/etc:     %s", st.Etc.State)
 	if st.Etc.Takeover {
 		b.WriteString(", ostree's merge taken over")
-		if st.Etc.SELinuxPolicy == finalize.PolicyRefreshed {
+		if st.Etc.SELinuxPolicy == lifecycle.PolicyRefreshed {
 			b.WriteString(" (SELinux policy refreshed)")
 		}
 	}

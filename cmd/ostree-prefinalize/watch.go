@@ -9,7 +9,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 )
 
 func newWatchCmd(g *globalOpts) *cobra.Command {
@@ -30,7 +30,7 @@ READY=1 once watching; on SIGTERM it applies what is pending and exits 0.`,
 				return usageError{errors.New("watch: --debounce must not be negative")}
 			}
 			limitMemory()
-			return finalize.Watch(c.Context(), g.config(), finalize.WatchOptions{
+			return lifecycle.Watch(c.Context(), g.config(), lifecycle.WatchOptions{
 				Notify:      func(state string) { daemon.SdNotify(false, state) },
 				Debounce:    debounce,
 				RescanEvery: rescanEvery,

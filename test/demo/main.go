@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
 
@@ -111,8 +111,8 @@ func timed(f func()) time.Duration {
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
 
-func status(t *harness.Standalone, b *harness.BootedHost) finalize.Status {
-	var st finalize.Status
+func status(t *harness.Standalone, b *harness.BootedHost) lifecycle.Status {
+	var st lifecycle.Status
 	out := b.MustRun("ostree-prefinalize", "status", "--json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
@@ -190,7 +190,7 @@ func demo(t *harness.Standalone, bin string) {
 	say("machine copied: A uses ostree-prefinalize, B (the control) ostree alone")
 
 	step("A: ostree-prefinalize stage (what ostree-prefinalize.path starts after staging)")
-	var sr finalize.StageResult
+	var sr lifecycle.StageResult
 	dStage := timed(func() {
 		out := a.MustRun("ostree-prefinalize", "stage", "--json")
 		if err := json.Unmarshal([]byte(out), &sr); err != nil {
@@ -266,7 +266,7 @@ func demo(t *harness.Standalone, bin string) {
 		t.Fatalf("no cleanup pending after reboot: %+v", st.Cleanup)
 	}
 	showStatus(nextA)
-	var cr finalize.CleanupResult
+	var cr lifecycle.CleanupResult
 	dCleanA := timed(func() {
 		out := nextA.MustRun("ostree-prefinalize", "cleanup", "--foreground", "--json")
 		if err := json.Unmarshal([]byte(out), &cr); err != nil {

@@ -1,4 +1,4 @@
-package finalize
+package lifecycle
 
 // The lifecycle: stage (precompute, take over), pre (seal or fall back),
 // post (verify, persist the plan), cleanup (next boot), and the state they
@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
@@ -35,7 +36,7 @@ type Config struct {
 	// NoTakeover keeps ostree's own merge at finalization (stage only).
 	NoTakeover bool
 	// FS is how the staged etc is written; zero means RealFS().
-	FS FS
+	FS etcmerge.FS
 	// Log receives what happened and why; nil means slog.Default().
 	Log *slog.Logger
 	// Ostree is the ostree command whose --version says how the SELinux
@@ -71,7 +72,7 @@ func (c *Config) defaults() {
 		c.RunDir = "/run"
 	}
 	if c.FS.WriteFileAtomic == nil {
-		c.FS = RealFS()
+		c.FS = etcmerge.RealFS()
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -512,7 +513,7 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	p := pathsOf(sys)
 	// The baseline is taken before the merge reads anything: a change made
 	// while we merge then differs from it, and the seal applies it.
-	bl, err := Scan(ctx, p.modified)
+	bl, err := etcmerge.Scan(ctx, p.modified)
 	if err == nil {
 		// Mark the staged etc as being written until the outcome is
 		// recorded: killed in between (SIGKILL, power loss), a temporary
@@ -525,12 +526,12 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	if err == nil {
 		var n int
 		if fresh {
-			var rep Report
-			rep, err = Merge(ctx, cfg.FS, p.orig, p.modified, p.newEtc)
+			var rep etcmerge.Report
+			rep, err = etcmerge.Merge(ctx, cfg.FS, p.orig, p.modified, p.newEtc)
 			r.Modified, r.Removed, r.Added = rep.Modified, rep.Removed, rep.Added
 			n = rep.Modified + rep.Removed + rep.Added
 		} else {
-			n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, []string{""})
+			n, err = etcmerge.MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, []string{""})
 		}
 		r.Written = n
 	}
@@ -698,7 +699,7 @@ func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason stri
 		// unreadable store (one reason to fall back) the reset must still
 		// happen.
 		_, markErr := beginApplying(cfg.RunDir)
-		if _, err := Reset(ctx, cfg.FS, p.newEtc, p.defaults); err != nil {
+		if _, err := etcmerge.Reset(ctx, cfg.FS, p.newEtc, p.defaults); err != nil {
 			errs = append(errs, fmt.Sprintf("resetting the staged etc: %v", err))
 		} else if markErr == nil {
 			if err := endApplying(cfg.RunDir); err != nil {
@@ -933,7 +934,7 @@ func lostTakeover(ctx context.Context, sys *ostree.Sysroot, disk []byte) string 
 		return ""
 	}
 	dir := sys.DeploymentDir(sys.Staged)
-	c, err := Diff(ctx, filepath.Join(dir, "usr/etc"), filepath.Join(dir, "etc"))
+	c, err := etcmerge.Diff(ctx, filepath.Join(dir, "usr/etc"), filepath.Join(dir, "etc"))
 	if err != nil {
 		return fmt.Sprintf("the staged state has no merge deployment and the staged etc cannot be compared with its defaults (%v)", err)
 	}

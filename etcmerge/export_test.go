@@ -1,7 +1,7 @@
-package finalize
+package etcmerge
 
-// Exported for the external parity tests (package finalize_test), which
-// import test/harness: kept outside package finalize so that the harness
+// Exported for the external parity tests (package etcmerge_test), which
+// import test/harness: kept outside package etcmerge so that the harness
 // may one day import this package without an import cycle.
 var (
 	Snapshot      = snapTree

@@ -1,4 +1,4 @@
-package finalize
+package lifecycle
 
 import (
 	"context"
@@ -40,7 +40,7 @@ type EtcStatus struct {
 	Takeover     bool   `json:"takeover"`
 	Reason       string `json:"reason"`
 	// SELinuxPolicy: with a takeover, what became of the policy refresh
-	// ostree then skips (finalize.Policy*; absent when none was needed).
+	// ostree then skips (lifecycle.Policy*; absent when none was needed).
 	SELinuxPolicy string `json:"selinux_policy,omitempty"`
 }
 

@@ -1,4 +1,4 @@
-package finalize
+package lifecycle
 
 // Hosts where the /etc merge is not ours to precompute, whatever the staged
 // state says. We step aside: no merge, no takeover, and status says why;

@@ -1,4 +1,4 @@
-package finalize
+package lifecycle
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
@@ -69,7 +70,7 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	default:
 		return 0, fmt.Errorf("%w (state %q: %s)", ErrNoMerge, snap.state.EtcState, snap.state.EtcReason)
 	}
-	var old Baseline
+	var old etcmerge.Baseline
 	if err := old.UnmarshalBinary(snap.baseline); err != nil {
 		return 0, fmt.Errorf("baseline: %w", err)
 	}
@@ -113,7 +114,7 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 			cfg.Log.Info("an earlier apply was interrupted (or too many paths were pending); reconciling the whole staged etc")
 			all = append(all, "")
 		}
-		n, err = MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)
+		n, err = etcmerge.MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)
 		if err != nil {
 			return n, err
 		}
@@ -127,7 +128,7 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	if newState == store.EtcSealed {
 		// The seal alone makes the staged etc durable (stage and the
 		// watcher's batches do not flush): see FS.Syncfs.
-		if err := SyncEtc(cfg.FS, p.newEtc); err != nil {
+		if err := etcmerge.SyncEtc(cfg.FS, p.newEtc); err != nil {
 			return n, err
 		}
 	}

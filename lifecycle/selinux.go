@@ -1,4 +1,4 @@
-package finalize
+package lifecycle
 
 // The SELinux policy refresh. After its /etc merge, ostree (2022.3 and
 // later, built with SELinux) rebuilds the policy of the new deployment when

@@ -1,4 +1,4 @@
-package finalize
+package lifecycle
 
 // A read-only sysroot. Fedora CoreOS and other hosts with
 // sysroot.readonly=true mount /sysroot read-only (a per-mount flag on a

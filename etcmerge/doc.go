@@ -1,4 +1,5 @@
-// Package finalize does ostree's /etc merge ahead of time.
+// Package etcmerge is ostree's /etc three-way merge as a Go library: the
+// engine alone (no runtime store, no lifecycle; package lifecycle runs it).
 //
 // # Basics
 //
@@ -7,10 +8,11 @@
 // (modified), found by Diff with ostree's rules, is applied to the staged
 // deployment's etc. MergePaths keeps that result current for a set of
 // changed paths of the booted etc, computing for each affected region the
-// state a full merge would give and writing only what differs. Reset puts
-// the staged etc back to the new defaults, for a fallback to ostree's own
-// merge. Baseline records the booted etc with stat calls only, so the seal
-// at shutdown finds what changed without reading content.
+// state a full merge would give (the planner, plan.go) and writing only
+// what differs (the applier, apply.go). Reset puts the staged etc back to
+// the new defaults, for a fallback to ostree's own merge. Baseline records
+// the booted etc with stat calls only, so the seal at shutdown finds what
+// changed without reading content.
 //
 // Every tree (booted etc, both usr/etc, staged etc) is opened once per
 // operation and everything below it is reached through that fd with
@@ -18,18 +20,10 @@
 // users who own directories of /etc cannot steer a read or a write outside
 // it, and what is copied (content, mode, owner, xattrs) comes from the one
 // inode that was opened. Every write goes through an FS (function fields,
-// for fault injection) that only ever receives a directory opened beneath
-// the target etc plus a single name: the booted etc and usr/etc are read,
-// never written. Files are written whole (temporary file, rename); only
-// the seal flushes, with one syncfs (SyncEtc).
-//
-// # The lifecycle
-//
-// Stage, Refresh (the watcher's batch), Pre (the seal), Post and Cleanup
-// are the steps the command line runs; each re-reads the sysroot and the
-// runtime store. Taking over ostree's merge also skips ostree's SELinux
-// policy refresh, so Stage runs it (selinux.go) and the later steps keep it
-// valid or fall back.
+// for fault injection; fs.go) that only ever receives a directory opened
+// beneath the target etc plus a single name: the booted etc and usr/etc
+// are read, never written. Files are written whole (temporary file,
+// rename); only the seal flushes, with one syncfs (SyncEtc).
 //
 // # Caveats
 //
@@ -45,4 +39,4 @@
 // record. After a crash in the middle of a write, a temporary file
 // ".prefinalize-tmp-*" may remain in the target; Reset or MergePaths over
 // "" removes it.
-package finalize
+package etcmerge

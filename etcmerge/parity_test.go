@@ -1,4 +1,4 @@
-package finalize_test
+package etcmerge_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -91,7 +91,7 @@ type parityEnv struct {
 	base *harness.BootedHost
 	// fs is RealFS with the merge's version-dependent choice of the
 	// ostree that the booted host runs (the oracle).
-	fs finalize.FS
+	fs etcmerge.FS
 }
 
 func newParityEnv(t *testing.T) *parityEnv {
@@ -118,8 +118,8 @@ func oracleChoices(t *testing.T, b *harness.BootedHost) ostree.Choices {
 	return ostree.ChoicesFor(v)
 }
 
-func oracleFS(t *testing.T, b *harness.BootedHost) finalize.FS {
-	fs := finalize.RealFS()
+func oracleFS(t *testing.T, b *harness.BootedHost) etcmerge.FS {
+	fs := etcmerge.RealFS()
 	fs.SkipSpecialInDirs = oracleChoices(t, b).EtcMergeSkipsSpecialInDirs
 	return fs
 }
@@ -130,12 +130,12 @@ func oracleFS(t *testing.T, b *harness.BootedHost) finalize.FS {
 // It returns both staged etcs' snapshots, or the errors.
 //
 //lint:ignore ST1008 the errors are results compared with each other (ostree's and ours), not a failure of run
-func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]finalize.Node) {
+func (e *parityEnv) run(t *testing.T, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]etcmerge.Node) {
 	return e.runWith(t, e.fs, before, after)
 }
 
 //lint:ignore ST1008 as run: the errors are results compared with each other
-func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]finalize.Node) {
+func (e *parityEnv) runWith(t *testing.T, fs etcmerge.FS, before, after string) (ostreeErr, ourErr error, theirs, ours map[string]etcmerge.Node) {
 	ctx := context.Background()
 	fork := e.base.Copy(t)
 	if before != "" {
@@ -146,11 +146,11 @@ func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) 
 	myStaged := mine.Sysroot.DeploymentDir(staged.OS, staged.Checksum, staged.Serial)
 	orig, modified, newEtc, defaults := mine.Deployment.UsrEtcDir(), mine.EtcDir(), myStaged+"/etc", myStaged+"/usr/etc"
 
-	rep, ourErr := finalize.Merge(ctx, fs, orig, modified, newEtc)
-	var bl *finalize.Baseline
+	rep, ourErr := etcmerge.Merge(ctx, fs, orig, modified, newEtc)
+	var bl *etcmerge.Baseline
 	if ourErr == nil {
 		var err error
-		if bl, err = finalize.Scan(ctx, modified); err != nil {
+		if bl, err = etcmerge.Scan(ctx, modified); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -162,7 +162,7 @@ func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) 
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, ourErr = finalize.MergePaths(ctx, fs, orig, modified, newEtc, defaults, changed)
+			_, ourErr = etcmerge.MergePaths(ctx, fs, orig, modified, newEtc, defaults, changed)
 		}
 	}
 	res, ostreeErr := fork.FinalizeStaged(ctx)
@@ -177,9 +177,9 @@ func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) 
 	if ostreeErr != nil || ourErr != nil {
 		return ostreeErr, ourErr, nil, nil
 	}
-	opts := finalize.NewSnapshotOpts(after != "")
-	theirs = finalize.Snapshot(t, staged.EtcDir(), opts)
-	ours = finalize.Snapshot(t, newEtc, opts)
+	opts := etcmerge.NewSnapshotOpts(after != "")
+	theirs = etcmerge.Snapshot(t, staged.EtcDir(), opts)
+	ours = etcmerge.Snapshot(t, newEtc, opts)
 	// finalize_deployment unlinks etc/.updated after the merge, with or
 	// without one; it is not part of the merge.
 	delete(theirs, ".updated")
@@ -190,9 +190,9 @@ func (e *parityEnv) runWith(t *testing.T, fs finalize.FS, before, after string) 
 	return nil, nil, theirs, ours
 }
 
-func requireSame(t *testing.T, theirs, ours map[string]finalize.Node) {
+func requireSame(t *testing.T, theirs, ours map[string]etcmerge.Node) {
 	t.Helper()
-	if d := finalize.DiffSnapshots(theirs, ours); len(d) > 0 {
+	if d := etcmerge.DiffSnapshots(theirs, ours); len(d) > 0 {
 		t.Fatalf("ostree's etc (first) and ours (second) differ:\n%s", strings.Join(d, "\n"))
 	}
 }
@@ -232,7 +232,7 @@ func TestParityNewDefaultDir(t *testing.T) {
 	if oe == nil || !strings.Contains(oe.Error(), "newly defaults to directory") {
 		t.Fatalf("ostree should fail with 'newly defaults to directory', got %v", oe)
 	}
-	if !errors.Is(we, finalize.ErrNewDefaultDir) {
+	if !errors.Is(we, etcmerge.ErrNewDefaultDir) {
 		t.Fatalf("ours: want ErrNewDefaultDir, got %v", we)
 	}
 }
@@ -296,7 +296,7 @@ func testParitySpecialInCopiedDir(t *testing.T) {
 				if oe == nil || !strings.Contains(oe.Error(), "Cannot copy non-regular/non-symlink file") {
 					t.Fatalf("ostree should fail copying the fifo, got %v", oe)
 				}
-				if !errors.Is(we, finalize.ErrNotCopyable) {
+				if !errors.Is(we, etcmerge.ErrNotCopyable) {
 					t.Fatalf("ours: want ErrNotCopyable, got %v", we)
 				}
 			} else {
@@ -313,7 +313,7 @@ func testParitySpecialInCopiedDir(t *testing.T) {
 			wrong := e.fs
 			wrong.SkipSpecialInDirs = !skip
 			oe, we, theirs, ours = e.runWith(t, wrong, before, after)
-			if (oe == nil) == (we == nil) && (oe != nil || len(finalize.DiffSnapshots(theirs, ours)) == 0) {
+			if (oe == nil) == (we == nil) && (oe != nil || len(etcmerge.DiffSnapshots(theirs, ours)) == 0) {
 				t.Fatalf("the wrong choice (skip=%v) agrees with ostree: ostree %v, ours %v", !skip, oe, we)
 			}
 		})

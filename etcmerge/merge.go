@@ -1,4 +1,4 @@
-package finalize
+package etcmerge
 
 import (
 	"context"

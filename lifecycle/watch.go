@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/watch"
 )
@@ -268,4 +270,218 @@ func lifecycleLock(ctx context.Context, runDir string) (func(), error) {
 			wait = 50 * time.Millisecond
 		}
 	}
+}
+
+// Refresh brings the staged etc up to date with the booted etc: every path
+// whose stat differs from the recorded baseline, plus the given paths (from
+// inotify), is merged again, and the baseline becomes the new stat of the
+// booted etc. The new baseline and the changed paths come from one stat
+// walk made before anything is merged, so a change racing with Refresh
+// differs from the new baseline and is picked up next time: nothing is
+// ever marked seen without having been applied.
+//
+// It is the watcher's batch and the core of the seal. It returns how many
+// entries were written. With no precomputed merge for the live staged
+// deployment it does nothing (and says why in the error).
+func Refresh(ctx context.Context, cfg Config, paths []string) (n int, err error) {
+	cfg.defaults()
+	cfg.resolveChoices(ctx)
+	werr := withWritableSysroot(cfg.Sysroot, func() error {
+		n, err = refreshLocked(ctx, cfg, paths)
+		return nil
+	})
+	if werr != nil {
+		return 0, werr
+	}
+	return n, err
+}
+
+func refreshLocked(ctx context.Context, cfg Config, paths []string) (int, error) {
+	unlock, err := lifecycleLock(ctx, cfg.RunDir)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	snap, err := load(&cfg)
+	if err != nil {
+		return 0, err
+	}
+	return refresh(ctx, &cfg, snap, paths, store.EtcPrecomputed)
+}
+
+// ErrNoMerge: there is no precomputed merge to keep current.
+var ErrNoMerge = errors.New("no precomputed /etc merge")
+
+func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, newState string) (int, error) {
+	sys := snap.sys
+	if snap.storeErr != nil {
+		return 0, snap.storeErr
+	}
+	if sys.Staged == nil || !sameID(snap.state.Staged, idOf(sys.Staged)) {
+		return 0, fmt.Errorf("%w for the staged deployment (restage needed)", ErrNoMerge)
+	}
+	switch snap.state.EtcState {
+	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	default:
+		return 0, fmt.Errorf("%w (state %q: %s)", ErrNoMerge, snap.state.EtcState, snap.state.EtcReason)
+	}
+	var old etcmerge.Baseline
+	if err := old.UnmarshalBinary(snap.baseline); err != nil {
+		return 0, fmt.Errorf("baseline: %w", err)
+	}
+	p := pathsOf(sys)
+	nb, changed, err := old.Rescan(ctx, p.modified)
+	if err != nil {
+		return 0, err
+	}
+	all := append(slices.Clone(changed), paths...)
+	all = append(all, snap.pending...)
+	policy := snap.state.Policy
+	redoPolicy := snap.tookOver() && policyStale(policy, all)
+	if redoPolicy {
+		if newState == store.EtcSealed {
+			// Too late to run semodule again (that is ostree's shutdown
+			// work, and ours would race nothing but cost the same): the
+			// caller falls back and ostree merges and refreshes.
+			return 0, fmt.Errorf("%w (%s)", errPolicyStale, firstPolicyInput(all))
+		}
+		// The output of the earlier refresh is in the staged etc: the
+		// whole etc goes back to the exact merge, then semodule runs on
+		// it again, as after a fresh merge.
+		cfg.Log.Info("an input of the SELinux policy changed; merging the whole etc and refreshing the policy again", "path", firstPolicyInput(all))
+		all = append(all, "")
+	}
+	n := 0
+	// (With the mark already set and nothing changed, the whole etc is
+	// still reconciled: the mark is cleared below only after that.)
+	if len(all) > 0 || snap.applying {
+		interrupted, err := beginApplying(cfg.RunDir)
+		if err != nil {
+			return 0, err
+		}
+		if interrupted {
+			// An earlier refresh died while writing (SIGKILL, power
+			// loss): a temporary file of an unfinished write may be left
+			// in a directory that no path of ours names. Reconciling the
+			// whole etc removes it (and redoes anything half done).
+			// MarkPending sets the same mark when it drops an overflowing
+			// pending set.
+			cfg.Log.Info("an earlier apply was interrupted (or too many paths were pending); reconciling the whole staged etc")
+			all = append(all, "")
+		}
+		n, err = etcmerge.MergePaths(ctx, cfg.FS, p.orig, p.modified, p.newEtc, p.defaults, all)
+		if err != nil {
+			return n, err
+		}
+	}
+	if redoPolicy {
+		if policy, err = refreshPolicy(ctx, cfg, sys.DeploymentDir(sys.Staged)); err != nil {
+			r := fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
+			return n, fmt.Errorf("%w: %s", ErrNoMerge, r.Reason)
+		}
+	}
+	if newState == store.EtcSealed {
+		// The seal alone makes the staged etc durable (stage and the
+		// watcher's batches do not flush): see FS.Syncfs.
+		if err := etcmerge.SyncEtc(cfg.FS, p.newEtc); err != nil {
+			return n, err
+		}
+	}
+	nbBytes, err := nb.MarshalBinary()
+	if err != nil {
+		return n, err
+	}
+	err = store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		if !sameID(st.Staged, idOf(sys.Staged)) {
+			return fmt.Errorf("%w: the store moved to another staged deployment", ErrStagedChanged)
+		}
+		if err := tx.RemovePending(append(slices.Clone(paths), snap.pending...)...); err != nil {
+			return err
+		}
+		if err := tx.PutBlob(store.BlobBaseline, nbBytes); err != nil {
+			return err
+		}
+		if err := tx.PutBlob(blobApplying, nil); err != nil {
+			return err
+		}
+		st.EtcState, st.Policy = newState, policy
+		if len(all) > 0 {
+			st.EtcReason = fmt.Sprintf("applied %d changed paths", len(all))
+		}
+		return tx.PutState(st)
+	})
+	return n, err
+}
+
+// blobApplying is set while a refresh writes the staged etc and cleared
+// with the new baseline: found set, it means a refresh died mid-write.
+const blobApplying = "applying"
+
+// beginApplying marks a refresh as writing and reports whether the mark
+// was already there (the previous one never finished).
+func beginApplying(runDir string) (interrupted bool, err error) {
+	err = store.UpdateRuntime(runDir, func(tx *store.RuntimeTx) error {
+		interrupted = tx.Blob(blobApplying) != nil
+		if interrupted {
+			return nil
+		}
+		return tx.PutBlob(blobApplying, []byte{1})
+	})
+	return interrupted, err
+}
+
+// endApplying clears the mark of beginApplying once the staged etc is in a
+// known state again.
+func endApplying(runDir string) error {
+	return store.UpdateRuntime(runDir, func(tx *store.RuntimeTx) error {
+		return tx.PutBlob(blobApplying, nil)
+	})
+}
+
+// MaxPendingPaths bounds the pending set of the store: past it the set is
+// dropped and the next refresh (or the seal) reconciles the whole etc, so
+// a writer that keeps batches failing cannot grow it without bound.
+const MaxPendingPaths = 8192
+
+// MarkPending records paths the watcher has seen but not applied yet, so
+// that `status` shows them and the seal applies them even if the watcher
+// dies before its batch.
+func MarkPending(cfg Config, paths []string) error {
+	cfg.defaults()
+	return store.UpdateRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
+		st, err := tx.State()
+		if err != nil {
+			return err
+		}
+		if st.EtcState == store.EtcPrecomputed || st.EtcState == store.EtcSealed {
+			st.EtcState = store.EtcDirty
+			st.EtcReason = "changes waiting to be applied"
+			if err := tx.PutState(st); err != nil {
+				return err
+			}
+		}
+		if _, n := tx.Pending(1); n+len(paths) <= MaxPendingPaths {
+			return tx.AddPending(paths...)
+		}
+		// Overflow: the mark of an unfinished write makes the next
+		// refresh and the seal reconcile the whole etc, which covers
+		// every path dropped here. The mark is set before the paths go,
+		// in the same transaction.
+		if err := tx.PutBlob(blobApplying, []byte("pending overflow")); err != nil {
+			return err
+		}
+		all, _ := tx.Pending(0)
+		if err := tx.RemovePending(all...); err != nil {
+			return err
+		}
+		if st.EtcState == store.EtcDirty {
+			st.EtcReason = fmt.Sprintf("more than %d paths waiting: the whole etc will be reconciled", MaxPendingPaths)
+			return tx.PutState(st)
+		}
+		return nil
+	})
 }

@@ -40,7 +40,7 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 	res := &PostResult{}
 	fail := func(why string, err error) (*PostResult, error) {
 		// status shows the cause too (e.g. which write failed, and how).
-		if err != nil && !strings.Contains(why, err.Error()) {
+		if err != nil {
 			why += ": " + err.Error()
 		}
 		res.Reason = why

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
@@ -45,14 +44,14 @@ func Pre(ctx context.Context, cfg Config) (res *PreResult, err error) {
 		return nil, werr
 	}
 	res = &PreResult{Staged: idOf(snap.sys.Staged)}
-	switch snap.state.EtcState {
-	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	switch etcStateOf(snap.state.EtcState) {
+	case EtcPrecomputed, EtcDirty, EtcSealed:
 	default:
 		if !snap.tookOver() {
 			return res, werr
 		}
 	}
-	res.Etc = fallback(ctx, &cfg, snap.sys, werr.Error())
+	res.Etc = fallback(ctx, &cfg, snap.sys, werr)
 	return res, werr
 }
 
@@ -68,7 +67,7 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 		return nil, err
 	}
 	sys := snap.sys
-	res := &PreResult{Etc: EtcResult{State: store.EtcNone}}
+	res := &PreResult{Etc: EtcResult{State: EtcNone}}
 	if sys.Staged == nil {
 		cfg.Log.Info("finalize --pre: nothing staged")
 		return res, nil
@@ -76,25 +75,23 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 	res.Staged = idOf(sys.Staged)
 	done := func(r EtcResult) (*PreResult, error) {
 		res.Etc, res.Seconds = r, time.Since(start).Seconds()
-		if strings.Contains(r.Reason, "fallback failed") {
-			return res, errors.New(r.Reason)
-		}
-		return res, nil
+		// A fallback that failed too (*fallbackError) is the step's error.
+		return res, r.err
 	}
 
 	if snap.storeErr != nil {
 		// We cannot trust anything we recorded; if the disk holds our
 		// rewrite, the backup copy restores ostree's state.
-		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("runtime store unreadable: %v", snap.storeErr)))
+		return done(fallback(ctx, &cfg, sys, fmt.Errorf("runtime store unreadable: %w", snap.storeErr)))
 	}
 	if !sameID(snap.state.Staged, res.Staged) {
 		if snap.state.Staged != nil {
 			cfg.Log.Info("finalize --pre: the precomputed state is for another staged deployment; leaving ostree's state alone")
 		}
-		return done(EtcResult{State: store.EtcNone, Reason: "nothing precomputed for this staged deployment"})
+		return done(EtcResult{State: EtcNone, Reason: "nothing precomputed for this staged deployment"})
 	}
-	switch snap.state.EtcState {
-	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	switch etcStateOf(snap.state.EtcState) {
+	case EtcPrecomputed, EtcDirty, EtcSealed:
 	default:
 		// Nothing of ours in the staged etc that ostree's merge would not
 		// redo, unless a write of ours was interrupted (a stage killed
@@ -104,22 +101,22 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 		// reset, and make sure the staged state is ostree's own.
 		switch {
 		case snap.tookOver():
-			return done(fallback(ctx, &cfg, sys, "takeover recorded without a precomputed merge"))
+			return done(fallback(ctx, &cfg, sys, errors.New("takeover recorded without a precomputed merge")))
 		case snap.orig != nil && isTakeoverOf(snap.disk, snap.orig):
-			return done(fallback(ctx, &cfg, sys, "the staged state is our rewrite but no precomputed merge was recorded (stage interrupted)"))
+			return done(fallback(ctx, &cfg, sys, errors.New("the staged state is our rewrite but no precomputed merge was recorded (stage interrupted)")))
 		case snap.applying:
-			return done(fallback(ctx, &cfg, sys, "an earlier write of the staged etc was interrupted"))
+			return done(fallback(ctx, &cfg, sys, errors.New("an earlier write of the staged etc was interrupted")))
 		}
-		return done(EtcResult{State: snap.state.EtcState, Reason: snap.state.EtcReason})
+		return done(EtcResult{State: etcStateOf(snap.state.EtcState), Reason: snap.state.EtcReason})
 	}
-	if _, err := refresh(ctx, &cfg, snap, nil, store.EtcSealed); errors.Is(err, errPolicyStale) {
-		return done(fallback(ctx, &cfg, sys, err.Error()+": ostree merges and refreshes"))
+	if _, err := refresh(ctx, &cfg, snap, nil, EtcSealed); errors.Is(err, errPolicyStale) {
+		return done(fallback(ctx, &cfg, sys, fmt.Errorf("%w: ostree merges and refreshes", err)))
 	} else if err != nil {
-		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("sealing the /etc merge: %v", err)))
+		return done(fallback(ctx, &cfg, sys, fmt.Errorf("sealing the /etc merge: %w", err)))
 	}
-	r := EtcResult{State: store.EtcSealed, Takeover: snap.tookOver(), Reason: "sealed"}
+	r := EtcResult{State: EtcSealed, Takeover: snap.tookOver(), Reason: "sealed"}
 	if r.Takeover {
-		r.Policy = snap.state.Policy
+		r.Policy = PolicyState(snap.state.Policy)
 	} else {
 		// Say why ostree still merges, as stage did: status shows the
 		// reason of the last step.
@@ -130,10 +127,10 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 		if err != nil {
 			return err
 		}
-		st.EtcState, st.EtcReason, st.Takeover, st.Policy = r.State, r.Reason, r.Takeover, r.Policy
+		st.EtcState, st.EtcReason, st.Takeover, st.Policy = string(r.State), r.Reason, r.Takeover, string(r.Policy)
 		return tx.PutState(st)
 	}); err != nil {
-		return done(fallback(ctx, &cfg, sys, fmt.Sprintf("recording the seal: %v", err)))
+		return done(fallback(ctx, &cfg, sys, fmt.Errorf("recording the seal: %w", err)))
 	}
 	cfg.Log.Info("sealed the /etc merge", slog.String(msgid.Key, msgid.Seal), "takeover", r.Takeover, "seconds", time.Since(start).Seconds())
 	return done(r)

@@ -33,22 +33,6 @@ import (
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
 
-// Policy refresh outcomes, recorded in the store (State.Policy) and shown
-// by status and stage --json.
-const (
-	// PolicyNone: no refresh is needed (the merged etc has no
-	// selinux/config) or nothing ran yet.
-	PolicyNone = ""
-	// PolicyRefreshed: semodule rebuilt (or found current) the policy of
-	// the staged deployment after our merge.
-	PolicyRefreshed = "refreshed"
-	// PolicyUnsupported: ostree would not refresh either (this ostree
-	// predates the refresh or was built without SELinux, or the
-	// deployment's semodule lacks the option): the merged etc alone is
-	// ostree's outcome, whatever changes later.
-	PolicyUnsupported = "not-refreshed-by-ostree"
-)
-
 // ErrPolicy: the SELinux policy refresh could not be done as ostree does
 // it. ostree's finalization runs the same commands and would most likely
 // fail the same way.
@@ -105,7 +89,7 @@ func policyRefreshOf(ctx context.Context, ostreeCmd string) (ostreeRefresh, erro
 // the deployment directory dir, and says what it did. An error means the
 // staged etc may have been partly written by semodule: the caller falls
 // back (resets it).
-func refreshPolicy(ctx context.Context, cfg *Config, dir string) (string, error) {
+func refreshPolicy(ctx context.Context, cfg *Config, dir string) (PolicyState, error) {
 	if _, err := os.Lstat(filepath.Join(dir, "etc/selinux/config")); errors.Is(err, os.ErrNotExist) {
 		return PolicyNone, nil
 	} else if err != nil {
@@ -205,7 +189,7 @@ func policyInput(p string) bool {
 // outcome stale: for a refresh that ran, any input; with none needed at
 // the time, the appearance of selinux/config (anything under selinux/).
 // When ostree does not refresh at all, nothing.
-func policyStale(recorded string, paths []string) bool {
+func policyStale(recorded PolicyState, paths []string) bool {
 	for _, p := range paths {
 		switch recorded {
 		case PolicyRefreshed:

@@ -30,7 +30,7 @@ func TestPolicyInput(t *testing.T) {
 
 func TestPolicyStale(t *testing.T) {
 	for _, c := range []struct {
-		recorded string
+		recorded PolicyState
 		paths    []string
 		want     bool
 	}{
@@ -107,7 +107,7 @@ func TestRefreshPolicy(t *testing.T) {
 		help       string
 		rc         int
 		config     bool
-		want       string
+		want       PolicyState
 		ran        string // semodule's arguments when it rebuilt
 		fails      string
 		bwrapCalls int

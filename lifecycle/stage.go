@@ -29,16 +29,19 @@ type StageResult struct {
 
 // EtcResult is the /etc side of a step.
 type EtcResult struct {
-	State    string `json:"state"`
-	Takeover bool   `json:"takeover"`
-	Reason   string `json:"reason,omitempty"`
-	Modified int    `json:"modified"`
-	Removed  int    `json:"removed"`
-	Added    int    `json:"added"`
-	Written  int    `json:"written"` // entries written or removed in the staged etc
+	State    EtcState `json:"state"`
+	Takeover bool     `json:"takeover"`
+	Reason   string   `json:"reason,omitempty"`
+	Modified int      `json:"modified"`
+	Removed  int      `json:"removed"`
+	Added    int      `json:"added"`
+	Written  int      `json:"written"` // entries written or removed in the staged etc
 	// Policy is what became of the SELinux policy refresh that ostree
 	// skips when we take over (Policy*; "" when none is needed).
-	Policy string `json:"selinux_policy,omitempty"`
+	Policy PolicyState `json:"selinux_policy,omitempty"`
+	// err is the *fallbackError of a fallback that failed too (the
+	// state is EtcFallback), or nil.
+	err error
 }
 
 // PruneResult is the plan side of a step.
@@ -84,7 +87,7 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		return nil, err
 	}
 	defer unlock()
-	res := &StageResult{Etc: EtcResult{State: store.EtcNone}, Prune: PruneResult{State: store.PruneNone}}
+	res := &StageResult{Etc: EtcResult{State: EtcNone}, Prune: PruneResult{State: store.PruneNone}}
 	if why := bootcComposefsReason(cfg.RunDir); why != "" {
 		cfg.Log.Info("stepping aside", "reason", why)
 		res.Etc.Reason, res.Prune.Reason = why, why
@@ -131,12 +134,12 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		backup, berr := readBackup(cfg.RunDir)
 		if berr == nil && isTakeoverOf(snap.disk, backup) {
 			orig = ostreeStateNow(&cfg, backup, snap.disk)
-		} else if lostTakeover(ctx, sys, snap.disk) != "" {
+		} else if lostTakeover(ctx, sys, snap.disk) != nil {
 			// Merging again would keep the takeover of a state we can no
 			// longer restore; going on as if ostree had staged without a
 			// merge would leave a stale merge in the new etc. fallback
 			// finds the state lost and locks finalization.
-			r := fallback(ctx, &cfg, sys, fmt.Sprintf("runtime store unreadable (%v) and no backup copy of ostree's staged state for this deployment", snap.storeErr))
+			r := fallback(ctx, &cfg, sys, fmt.Errorf("runtime store unreadable (%w) and no backup copy of ostree's staged state for this deployment", snap.storeErr))
 			return nil, fmt.Errorf("/etc merge: %s; stage the update again to recover", r.Reason)
 		}
 		// We cannot tell whether a killed earlier run left the staged etc
@@ -174,7 +177,7 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 			if err := tx.Clear(); err != nil {
 				return err
 			}
-			st = store.State{EtcState: store.EtcNone, PruneState: store.PruneNone}
+			st = store.State{EtcState: string(EtcNone), PruneState: store.PruneNone}
 		}
 		st.Staged = id
 		if err := tx.PutBlob(store.BlobOrigStaged, orig); err != nil {
@@ -192,7 +195,7 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		return nil, err
 	}
 
-	if !fresh && !cfg.NoTakeover && snap.tookOver() && !snap.applying && precomputed(snap.state.EtcState) {
+	if !fresh && !cfg.NoTakeover && snap.tookOver() && !snap.applying && precomputed(etcStateOf(snap.state.EtcState)) {
 		// Run again with our takeover in place (ostree-prefinalize.path
 		// starts stage again when the takeover rewrites the staged state):
 		// bring the merge up to date as the watcher does, rather than
@@ -204,7 +207,7 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 	}
 	res.Prune = stagePlan(ctx, &cfg, sys, origState)
 	res.Duration = time.Since(start).Seconds()
-	if res.Etc.State == store.EtcFallback {
+	if res.Etc.State == EtcFallback {
 		return res, fmt.Errorf("/etc merge: %s", res.Etc.Reason)
 	}
 	return res, nil
@@ -212,25 +215,25 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 
 // precomputed reports whether an etc state holds our merge, complete as of
 // its baseline.
-func precomputed(state string) bool {
-	return state == store.EtcPrecomputed || state == store.EtcDirty || state == store.EtcSealed
+func precomputed(state EtcState) bool {
+	return state == EtcPrecomputed || state == EtcDirty || state == EtcSealed
 }
 
 // catchUp is stage for a merge already precomputed and taken over: what
 // changed since the baseline is applied (refresh), the takeover stays.
 func catchUp(ctx context.Context, cfg *Config, snap *snapshot) EtcResult {
-	n, err := refresh(ctx, cfg, snap, nil, store.EtcPrecomputed)
+	n, err := refresh(ctx, cfg, snap, nil, EtcPrecomputed)
 	switch {
 	case errors.Is(err, ErrNoMerge):
 		// refresh fell back already (the policy refresh failed).
-		return EtcResult{State: store.EtcFallback, Reason: err.Error()}
+		return EtcResult{State: EtcFallback, Reason: err.Error()}
 	case err != nil:
-		return fallback(ctx, cfg, snap.sys, fmt.Sprintf("bringing the /etc merge up to date: %v", err))
+		return fallback(ctx, cfg, snap.sys, fmt.Errorf("bringing the /etc merge up to date: %w", err))
 	}
-	r := EtcResult{State: store.EtcPrecomputed, Takeover: true, Written: n, Reason: "taken over already; brought up to date"}
+	r := EtcResult{State: EtcPrecomputed, Takeover: true, Written: n, Reason: "taken over already; brought up to date"}
 	if err := store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
 		st, err := tx.State()
-		r.Policy = st.Policy
+		r.Policy = PolicyState(st.Policy)
 		return err
 	}); err != nil {
 		// The merge is current (refresh just wrote the store); only the
@@ -243,7 +246,7 @@ func catchUp(ctx context.Context, cfg *Config, snap *snapshot) EtcResult {
 
 // stageEtc does the /etc part of Stage and records its outcome.
 func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree.StagedState, disk []byte, fresh bool) EtcResult {
-	r := EtcResult{State: store.EtcNone}
+	r := EtcResult{State: EtcNone}
 	log := cfg.Log.With("staged", sys.Staged.String())
 	var merge *ostree.Deployment
 	if orig.Merge != nil {
@@ -259,11 +262,11 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 		// at sysroot load, before at finalization). No fallback: it
 		// would find no etc to reset and lock finalization, which ostree
 		// alone does not do.
-		r.State, r.Reason = store.EtcFallback, fmt.Sprintf("the staged deployment's directory %s is missing: ostree's finalization will fail", sys.DeploymentDir(sys.Staged))
+		r.State, r.Reason = EtcFallback, fmt.Sprintf("the staged deployment's directory %s is missing: ostree's finalization will fail", sys.DeploymentDir(sys.Staged))
 	case orig.Merge == nil:
 		r.Reason = "ostree does no /etc merge for this deployment (no merge deployment)"
 	case merge == nil:
-		r.State, r.Reason = store.EtcFallback, fmt.Sprintf("merge deployment %s.%d is not deployed: ostree's finalization will fail", orig.Merge.Checksum, orig.Merge.Serial)
+		r.State, r.Reason = EtcFallback, fmt.Sprintf("merge deployment %s.%d is not deployed: ostree's finalization will fail", orig.Merge.Checksum, orig.Merge.Serial)
 	case !merge.Same(sys.Booted):
 		r.Reason = "the merge deployment is not the booted one: /etc left to ostree"
 	}
@@ -299,13 +302,13 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 		r.Written = n
 	}
 	if err != nil {
-		return fallback(ctx, cfg, sys, fmt.Sprintf("precomputing the /etc merge: %v", err))
+		return fallback(ctx, cfg, sys, fmt.Errorf("precomputing the /etc merge: %w", err))
 	}
 	blBytes, err := bl.MarshalBinary()
 	if err != nil {
-		return fallback(ctx, cfg, sys, fmt.Sprintf("encoding the baseline: %v", err))
+		return fallback(ctx, cfg, sys, fmt.Errorf("encoding the baseline: %w", err))
 	}
-	r.State = store.EtcPrecomputed
+	r.State = EtcPrecomputed
 
 	// Take over only when it cannot change ostree's outcome: ostree's
 	// refresh of the SELinux policy, skipped with its merge, is then ours.
@@ -313,7 +316,7 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 	if why == "" {
 		pol, err := refreshPolicy(ctx, cfg, sys.DeploymentDir(sys.Staged))
 		if err != nil {
-			return fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
+			return fallback(ctx, cfg, sys, fmt.Errorf("%w (ostree's finalization runs the same commands)", err))
 		}
 		r.Policy = pol
 		kargs := orig.Kargs
@@ -343,10 +346,10 @@ func stageEtc(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostre
 		// semodule wrote the staged etc for a takeover that did not
 		// happen; ostree's merge and refresh on top of that would not be
 		// its own outcome.
-		return fallback(ctx, cfg, sys, why+" (after the SELinux policy refresh)")
+		return fallback(ctx, cfg, sys, errors.New(why+" (after the SELinux policy refresh)"))
 	}
 	if err := restoreStaged(cfg, orig.Raw); err != nil {
-		return fallback(ctx, cfg, sys, err.Error())
+		return fallback(ctx, cfg, sys, err)
 	}
 	recordEtc(cfg, r, blBytes, nil)
 	log.Info("precomputed the /etc merge; ostree keeps its own", "reason", why)
@@ -362,8 +365,8 @@ func recordEtc(cfg *Config, r EtcResult, baseline, takeover []byte) {
 		if err != nil {
 			return err
 		}
-		st.EtcState, st.EtcReason, st.Takeover, st.Policy = r.State, r.Reason, r.Takeover, r.Policy
-		if r.State == store.EtcPrecomputed {
+		st.EtcState, st.EtcReason, st.Takeover, st.Policy = string(r.State), r.Reason, r.Takeover, string(r.Policy)
+		if r.State == EtcPrecomputed {
 			// The merge is complete and recorded with its baseline: the
 			// staged etc is no longer in the middle of a write.
 			if err := tx.PutBlob(blobApplying, nil); err != nil {

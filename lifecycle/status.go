@@ -35,13 +35,13 @@ type StagedStatus struct {
 }
 
 type EtcStatus struct {
-	State        string `json:"state"`
-	PendingPaths int    `json:"pending_paths"`
-	Takeover     bool   `json:"takeover"`
-	Reason       string `json:"reason"`
+	State        EtcState `json:"state"`
+	PendingPaths int      `json:"pending_paths"`
+	Takeover     bool     `json:"takeover"`
+	Reason       string   `json:"reason"`
 	// SELinuxPolicy: with a takeover, what became of the policy refresh
-	// ostree then skips (lifecycle.Policy*; absent when none was needed).
-	SELinuxPolicy string `json:"selinux_policy,omitempty"`
+	// ostree then skips (a PolicyState; absent when none was needed).
+	SELinuxPolicy PolicyState `json:"selinux_policy,omitempty"`
 }
 
 type PruneStatus struct {
@@ -109,7 +109,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		return nil, err
 	}
 	s := &Status{
-		Etc:   EtcStatus{State: store.EtcNone},
+		Etc:   EtcStatus{State: EtcNone},
 		Prune: PruneStatus{State: store.PruneNone},
 	}
 	if d := snap.sys.Staged; d != nil {
@@ -140,11 +140,11 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		history = true
 		st := snap.state
 		if st.EtcState != "" {
-			s.Etc.State = st.EtcState
+			s.Etc.State = EtcState(st.EtcState)
 		}
 		s.Etc.Reason, s.Etc.Takeover = st.EtcReason, snap.tookOver()
 		if s.Etc.Takeover {
-			s.Etc.SELinuxPolicy = st.Policy
+			s.Etc.SELinuxPolicy = PolicyState(st.Policy)
 		}
 		s.Etc.PendingPaths = len(snap.pending)
 		if st.PruneState != "" {
@@ -179,7 +179,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	}
 	if why := bootcComposefsReason(cfg.RunDir); why != "" {
 		s.Etc.Reason, s.Prune.Reason = why, why
-	} else if why := transientEtcReason(cfg.RunDir); why != "" && s.Etc.State == store.EtcNone {
+	} else if why := transientEtcReason(cfg.RunDir); why != "" && s.Etc.State == EtcNone {
 		s.Etc.Reason = why
 	}
 	s.Ostree = ostreeStatus(ctx, &cfg)

@@ -216,23 +216,27 @@ func writeFileDurable(path string, data []byte, mode os.FileMode) error {
 }
 
 // lostTakeover says why the staged state on disk may be a takeover of ours
-// whose original is lost, or "" when it cannot be: it has a merge
+// whose original is lost (ErrTakeoverLost), or nil when it cannot be: it has a merge
 // deployment (ostree's own), or none and the staged etc is still the
 // pristine copy of its usr/etc that ostree's deploy made (a staging
 // without merge, --no-merge: nothing of ours in it). Any doubt (the state
 // or the etc cannot be read) counts as lost.
-func lostTakeover(ctx context.Context, sys *ostree.Sysroot, disk []byte) string {
+func lostTakeover(ctx context.Context, sys *ostree.Sysroot, disk []byte) error {
 	st, err := ostree.DecodeStagedState(disk)
 	if err != nil || st.Merge != nil || sys.Staged == nil {
-		return ""
+		return nil
 	}
 	dir := sys.DeploymentDir(sys.Staged)
 	c, err := etcmerge.Diff(ctx, filepath.Join(dir, "usr/etc"), filepath.Join(dir, "etc"))
 	if err != nil {
-		return fmt.Sprintf("the staged state has no merge deployment and the staged etc cannot be compared with its defaults (%v)", err)
+		return fmt.Errorf("%w: the staged state has no merge deployment and the staged etc cannot be compared with its defaults (%w)", ErrTakeoverLost, err)
 	}
 	if n := len(c.Modified) + len(c.Removed) + len(c.Added); n > 0 {
-		return fmt.Sprintf("the staged state has no merge deployment but the staged etc holds a merge (%d entries differ from its defaults): it looks like our takeover, and ostree's original staged state is lost", n)
+		return fmt.Errorf("%w: the staged state has no merge deployment but the staged etc holds a merge (%d entries differ from its defaults): it looks like our takeover, and ostree's original staged state is lost", ErrTakeoverLost, n)
 	}
-	return ""
+	return nil
 }
+
+// ErrTakeoverLost: the staged state on disk may be our takeover and
+// ostree's original is lost (lostTakeover).
+var ErrTakeoverLost = errors.New("takeover without its original")

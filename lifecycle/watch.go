@@ -128,8 +128,8 @@ func watchOnce(ctx context.Context, cfg *Config, o WatchOptions, status func(str
 			return nil, err
 		}
 	}
-	switch snap.state.EtcState {
-	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	switch etcStateOf(snap.state.EtcState) {
+	case EtcPrecomputed, EtcDirty, EtcSealed:
 	default:
 		status("not watching: " + snap.state.EtcReason)
 		// Watch only for a re-stage.
@@ -306,13 +306,13 @@ func refreshLocked(ctx context.Context, cfg Config, paths []string) (int, error)
 	if err != nil {
 		return 0, err
 	}
-	return refresh(ctx, &cfg, snap, paths, store.EtcPrecomputed)
+	return refresh(ctx, &cfg, snap, paths, EtcPrecomputed)
 }
 
 // ErrNoMerge: there is no precomputed merge to keep current.
 var ErrNoMerge = errors.New("no precomputed /etc merge")
 
-func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, newState string) (int, error) {
+func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, newState EtcState) (int, error) {
 	sys := snap.sys
 	if snap.storeErr != nil {
 		return 0, snap.storeErr
@@ -320,8 +320,8 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	if sys.Staged == nil || !sameID(snap.state.Staged, idOf(sys.Staged)) {
 		return 0, fmt.Errorf("%w for the staged deployment (restage needed)", ErrNoMerge)
 	}
-	switch snap.state.EtcState {
-	case store.EtcPrecomputed, store.EtcDirty, store.EtcSealed:
+	switch etcStateOf(snap.state.EtcState) {
+	case EtcPrecomputed, EtcDirty, EtcSealed:
 	default:
 		return 0, fmt.Errorf("%w (state %q: %s)", ErrNoMerge, snap.state.EtcState, snap.state.EtcReason)
 	}
@@ -336,10 +336,10 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	}
 	all := append(slices.Clone(changed), paths...)
 	all = append(all, snap.pending...)
-	policy := snap.state.Policy
+	policy := PolicyState(snap.state.Policy)
 	redoPolicy := snap.tookOver() && policyStale(policy, all)
 	if redoPolicy {
-		if newState == store.EtcSealed {
+		if newState == EtcSealed {
 			// Too late to run semodule again (that is ostree's shutdown
 			// work, and ours would race nothing but cost the same): the
 			// caller falls back and ostree merges and refreshes.
@@ -376,11 +376,11 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 	}
 	if redoPolicy {
 		if policy, err = refreshPolicy(ctx, cfg, sys.DeploymentDir(sys.Staged)); err != nil {
-			r := fallback(ctx, cfg, sys, fmt.Sprintf("%v (ostree's finalization runs the same commands)", err))
+			r := fallback(ctx, cfg, sys, fmt.Errorf("%w (ostree's finalization runs the same commands)", err))
 			return n, fmt.Errorf("%w: %s", ErrNoMerge, r.Reason)
 		}
 	}
-	if newState == store.EtcSealed {
+	if newState == EtcSealed {
 		// The seal alone makes the staged etc durable (stage and the
 		// watcher's batches do not flush): see FS.Syncfs.
 		if err := etcmerge.SyncEtc(cfg.FS, p.newEtc); err != nil {
@@ -408,7 +408,7 @@ func refresh(ctx context.Context, cfg *Config, snap *snapshot, paths []string, n
 		if err := tx.PutBlob(blobApplying, nil); err != nil {
 			return err
 		}
-		st.EtcState, st.Policy = newState, policy
+		st.EtcState, st.Policy = string(newState), string(policy)
 		if len(all) > 0 {
 			st.EtcReason = fmt.Sprintf("applied %d changed paths", len(all))
 		}
@@ -457,8 +457,8 @@ func MarkPending(cfg Config, paths []string) error {
 		if err != nil {
 			return err
 		}
-		if st.EtcState == store.EtcPrecomputed || st.EtcState == store.EtcSealed {
-			st.EtcState = store.EtcDirty
+		if s := etcStateOf(st.EtcState); s == EtcPrecomputed || s == EtcSealed {
+			st.EtcState = string(EtcDirty)
 			st.EtcReason = "changes waiting to be applied"
 			if err := tx.PutState(st); err != nil {
 				return err
@@ -478,7 +478,7 @@ func MarkPending(cfg Config, paths []string) error {
 		if err := tx.RemovePending(all...); err != nil {
 			return err
 		}
-		if st.EtcState == store.EtcDirty {
+		if etcStateOf(st.EtcState) == EtcDirty {
 			st.EtcReason = fmt.Sprintf("more than %d paths waiting: the whole etc will be reconciled", MaxPendingPaths)
 			return tx.PutState(st)
 		}

@@ -489,7 +489,7 @@ func (a *attackEnv) runWhile(at *attackerProc, args ...string) {
 		if at.running() {
 			within++
 		}
-		states[a.status().Etc.State]++
+		states[string(a.status().Etc.State)]++
 	}
 	t.Logf("%d runs of %v within the attack; states after them: %v", within, args, states)
 	if within == 0 {

@@ -211,7 +211,7 @@ func testEtcSELinuxWatcherRefreshesAgain(t *testing.T) {
 				st := statusOf(t, h)
 				return strings.Contains(string(b), "/srv/bob") && st.Etc.State == "precomputed" && st.Etc.PendingPaths == 0 &&
 						st.Etc.SELinuxPolicy == lifecycle.PolicyRefreshed,
-					string(b) + " / " + st.Etc.State + ": " + st.Etc.Reason
+					string(b) + " / " + string(st.Etc.State) + ": " + st.Etc.Reason
 			})
 			if err := p.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)

@@ -691,7 +691,7 @@ func testHostileEtc(t *testing.T, long bool) {
 	pollUntil(t, "the watcher applied the hostile entries", 120*time.Second, func() (bool, string) {
 		st := statusOf(t, ours)
 		_, err := os.Lstat(filepath.Join(newEtc, "w-new\nline.conf"))
-		return err == nil && st.Etc.PendingPaths == 0 || st.Etc.State == "fallback", st.Etc.State + " " + st.Etc.Reason
+		return err == nil && st.Etc.PendingPaths == 0 || st.Etc.State == "fallback", string(st.Etc.State) + " " + st.Etc.Reason
 	})
 	must(t, p.Signal(syscall.SIGTERM))
 	if _, se, err := p.Wait(); err != nil {

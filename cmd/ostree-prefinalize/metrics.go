@@ -59,7 +59,7 @@ func renderMetrics(st *lifecycle.Status, ok bool, now time.Time) []byte {
 	locked := st.Staged != nil && st.Staged.Locked
 	one("staged", "Whether a deployment is staged for finalization at shutdown.", b2f(st.Staged != nil))
 	one("staged_locked", "Whether the staged deployment's finalization is locked.", b2f(locked))
-	oneHot("etc_state", "State of the precomputed /etc merge (one-hot).", etcStates, st.Etc.State)
+	oneHot("etc_state", "State of the precomputed /etc merge (one-hot).", etcStates, string(st.Etc.State))
 	one("etc_pending_paths", "Changed /etc paths seen by the watcher and not applied yet.", float64(st.Etc.PendingPaths))
 	one("etc_takeover", "Whether ostree's own /etc merge is taken over.", b2f(st.Etc.Takeover))
 	oneHot("prune_state", "State of the prune plan for the staged transition (one-hot).", pruneStates, st.Prune.State)

@@ -34,7 +34,6 @@ import (
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/internal/msgid"
 	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
-	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
 
@@ -77,6 +76,16 @@ type (
 	StatusReport = lifecycle.Status
 	// CleanupResult says what Cleanup deleted.
 	CleanupResult = lifecycle.CleanupResult
+	// StagedID names the staged deployment in a StageResult.
+	StagedID = lifecycle.StagedID
+	// EtcState and PolicyState are the states of the /etc merge and of
+	// the SELinux policy refresh (lifecycle.Etc*, lifecycle.Policy*).
+	EtcState    = lifecycle.EtcState
+	PolicyState = lifecycle.PolicyState
+	// PlannedFigures and DeletedFigures are the prune figures' one
+	// vocabulary (planned_*, deleted_*) in every result.
+	PlannedFigures = lifecycle.PlannedFigures
+	DeletedFigures = lifecycle.DeletedFigures
 )
 
 // ErrNotBooted: Stage found a staged deployment but the sysroot is not the
@@ -132,37 +141,13 @@ type PlanResult struct {
 // finalized (with nothing staged: what `ostree admin cleanup` would delete
 // now), under ostree's shared repository lock. It only reads.
 func Plan(ctx context.Context, o Options) (*PlanResult, error) {
-	cfg := o.config()
-	if cfg.RunDir == "" {
-		cfg.RunDir = "/run"
-	}
-	if cfg.Sysroot == "" {
-		cfg.Sysroot = "/"
-	}
-	if cfg.LockTimeout == 0 {
-		cfg.LockTimeout = 30 * time.Second
-	}
-	s, err := ostree.LoadSysroot(cfg.Sysroot, ostree.LoadOptions{RunDir: cfg.RunDir})
+	p, err := lifecycle.ComputePlan(ctx, o.config())
 	if err != nil {
 		return nil, err
 	}
-	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{ImageGC: cfg.ImageGC}, cfg.LockTimeout)
-	if err != nil {
-		return nil, err
-	}
-	r := &PlanResult{Staged: s.Staged != nil, Locked: s.Staged != nil && s.StagedLocked, Plan: p}
-	for _, d := range s.Deployments {
-		kept := false
-		for _, n := range ds {
-			kept = kept || n.Same(d)
-		}
-		name := d.OSName + " " + d.DeployName()
-		if !kept {
-			r.Dropped = append(r.Dropped, name)
-		}
-	}
-	for _, d := range ds {
-		r.Deployments = append(r.Deployments, d.OSName+" "+d.DeployName())
-	}
-	return r, nil
+	s := p.Sysroot
+	return &PlanResult{
+		Staged: s.Staged != nil, Locked: s.Staged != nil && s.StagedLocked, Plan: p.Prune,
+		Deployments: lifecycle.DeploymentNames(p.Deployments), Dropped: lifecycle.DeploymentNames(p.Dropped),
+	}, nil
 }

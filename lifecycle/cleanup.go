@@ -39,6 +39,10 @@ type CleanupResult struct {
 	// image GC (removed, or kept because they moved or came into use).
 	RefsRemoved int `json:"refs_removed,omitempty"`
 	RefsKept    int `json:"refs_kept,omitempty"`
+	// The prune figures' vocabulary (status.go): what the persisted plan
+	// had left to delete when this run started, and what it deleted.
+	PlannedFigures
+	DeletedFigures
 }
 
 // Cleanup deletes the persisted plan's objects (next boot) and removes the
@@ -57,6 +61,7 @@ func Cleanup(ctx context.Context, cfg Config) (*CleanupResult, error) {
 		return res, err
 	}
 	res.Pending = true
+	res.PlannedFigures = PlannedFigures{PlannedObjects: pp.Objects, PlannedBytes: pp.Bytes}
 	plan, err := prune.UnmarshalPlan(pp.Plan)
 	if err != nil {
 		return res, fmt.Errorf("persisted plan %s: %w", store.PlanPath(cfg.Sysroot), err)
@@ -75,6 +80,7 @@ func Cleanup(ctx context.Context, cfg Config) (*CleanupResult, error) {
 		r, err := executePlan(ctx, &cfg, sys, plan)
 		res.Objects, res.Bytes, res.KeptLive, res.Remaining, res.RootsMoved = r.Deleted, r.BytesFreed, r.KeptLive, r.Remaining, r.RootsChanged
 		res.RefsRemoved, res.RefsKept = r.RefsRemoved, r.RefsKept
+		res.DeletedFigures = DeletedFigures{DeletedObjects: int64(r.Deleted), DeletedBytes: int64(r.BytesFreed)}
 		res.Seconds = time.Since(start).Seconds()
 		if err != nil && r.Remaining == 0 && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			// Stopped, but the unlinks in flight (up to four) finished

@@ -20,6 +20,7 @@ type PostResult struct {
 	Reason    string        `json:"reason,omitempty"`
 	Objects   int64         `json:"objects"`
 	Bytes     int64         `json:"bytes"`
+	PlannedFigures
 }
 
 // ErrPrediction: the deployment list after finalization is not the one the
@@ -76,10 +77,7 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 	}); err != nil {
 		return fail("runtime store unreadable", err)
 	}
-	var now []string
-	for _, d := range snap.sys.Deployments {
-		now = append(now, d.OSName+" "+d.DeployName())
-	}
+	now := DeploymentNames(snap.sys.Deployments)
 	if string(predicted) != strings.Join(now, "\n") {
 		return fail(fmt.Sprintf("deployments are [%s], predicted [%s]", strings.Join(now, ", "), strings.ReplaceAll(string(predicted), "\n", ", ")),
 			fmt.Errorf("%w", ErrPrediction))
@@ -92,6 +90,7 @@ func Post(ctx context.Context, cfg Config, deleteNow bool) (*PostResult, error) 
 		return fail("stored plan does not match its roots hash", prune.ErrBadPlan)
 	}
 	res.Objects, res.Bytes = int64(plan.Stats.Objects), int64(plan.Stats.Bytes)
+	res.PlannedFigures = Planned(plan.Stats)
 	// A read-only /sysroot is made writable for the write only (as ostree
 	// does); everything above only read.
 	if deleteNow {

@@ -13,9 +13,9 @@ import (
 
 // PreResult says what `finalize --pre` did.
 type PreResult struct {
-	Staged  *store.StagedID `json:"staged"`
-	Etc     EtcResult       `json:"etc"`
-	Seconds float64         `json:"seconds"`
+	Staged  *StagedID `json:"staged"`
+	Etc     EtcResult `json:"etc"`
+	Seconds float64   `json:"seconds"`
 }
 
 // Pre seals the precomputed merge before ostree's finalization: what
@@ -43,7 +43,7 @@ func Pre(ctx context.Context, cfg Config) (res *PreResult, err error) {
 	if lerr != nil || snap.sys.Staged == nil {
 		return nil, werr
 	}
-	res = &PreResult{Staged: idOf(snap.sys.Staged)}
+	res = &PreResult{Staged: (*StagedID)(idOf(snap.sys.Staged))}
 	switch etcStateOf(snap.state.EtcState) {
 	case EtcPrecomputed, EtcDirty, EtcSealed:
 	default:
@@ -72,7 +72,8 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 		cfg.Log.Info("finalize --pre: nothing staged")
 		return res, nil
 	}
-	res.Staged = idOf(sys.Staged)
+	id := idOf(sys.Staged)
+	res.Staged = (*StagedID)(id)
 	done := func(r EtcResult) (*PreResult, error) {
 		res.Etc, res.Seconds = r, time.Since(start).Seconds()
 		// A fallback that failed too (*fallbackError) is the step's error.
@@ -84,7 +85,7 @@ func pre(ctx context.Context, cfg Config) (*PreResult, error) {
 		// rewrite, the backup copy restores ostree's state.
 		return done(fallback(ctx, &cfg, sys, fmt.Errorf("runtime store unreadable: %w", snap.storeErr)))
 	}
-	if !sameID(snap.state.Staged, res.Staged) {
+	if !sameID(snap.state.Staged, id) {
 		if snap.state.Staged != nil {
 			cfg.Log.Info("finalize --pre: the precomputed state is for another staged deployment; leaving ostree's state alone")
 		}

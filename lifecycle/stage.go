@@ -20,11 +20,11 @@ import (
 
 // StageResult says what stage did; it is what `stage --json` prints.
 type StageResult struct {
-	Staged   *store.StagedID `json:"staged"`
-	Locked   bool            `json:"locked"`
-	Etc      EtcResult       `json:"etc"`
-	Prune    PruneResult     `json:"prune"`
-	Duration float64         `json:"seconds"`
+	Staged   *StagedID   `json:"staged"`
+	Locked   bool        `json:"locked"`
+	Etc      EtcResult   `json:"etc"`
+	Prune    PruneResult `json:"prune"`
+	Duration float64     `json:"seconds"`
 }
 
 // EtcResult is the /etc side of a step.
@@ -52,6 +52,7 @@ type PruneResult struct {
 	Bytes     int64    `json:"bytes"`
 	RootsHash string   `json:"roots_hash,omitempty"`
 	Survivors []string `json:"deployments,omitempty"` // predicted list, "OS CSUM.SERIAL"
+	PlannedFigures
 	// Images is what undeployed container images hold after finalization
 	// (and whether the plan includes it: image GC).
 	Images *prune.ImagesReport `json:"images,omitempty"`
@@ -120,7 +121,7 @@ func stage(ctx context.Context, cfg Config) (*StageResult, error) {
 		return nil, fmt.Errorf("staged deployment %s: %w", sys.Staged, ErrNotBooted)
 	}
 	id := idOf(sys.Staged)
-	res.Staged, res.Locked = id, sys.StagedLocked
+	res.Staged, res.Locked = (*StagedID)(id), sys.StagedLocked
 
 	// Which bytes are ostree's? If the disk holds our own rewrite for this
 	// deployment, the recorded original; otherwise what is on disk (a fresh
@@ -391,16 +392,16 @@ func recordEtc(cfg *Config, r EtcResult, baseline, takeover []byte) {
 // stagePlan computes and records the mock prune for the staged transition.
 func stagePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostree.StagedState) PruneResult {
 	r := PruneResult{State: store.PruneInvalid}
-	plan, deps, err := planFor(ctx, cfg, sys, orig)
+	plan, err := planFor(ctx, cfg, sys, orig)
 	if err != nil {
 		r.Reason = err.Error()
 		cfg.Log.Warn("no prune plan", "err", err)
 	} else {
-		r = summarize(plan, deps)
+		r = summarize(plan)
 	}
 	var planBytes, predicted []byte
 	if err == nil {
-		if planBytes, err = plan.MarshalBinary(); err != nil {
+		if planBytes, err = plan.Prune.MarshalBinary(); err != nil {
 			// Never "planned" without a plan stored.
 			r = PruneResult{State: store.PruneInvalid, Reason: "encoding the prune plan: " + err.Error()}
 			cfg.Log.Warn("no prune plan", "err", err)
@@ -437,11 +438,10 @@ func stagePlan(ctx context.Context, cfg *Config, sys *ostree.Sysroot, orig *ostr
 	return r
 }
 
-func summarize(p *prune.Plan, deps []*ostree.Deployment) PruneResult {
-	r := PruneResult{State: store.PrunePlanned, Objects: int64(p.Stats.Objects), Bytes: int64(p.Stats.Bytes), RootsHash: p.RootsHash}
-	for _, d := range deps {
-		r.Survivors = append(r.Survivors, d.OSName+" "+d.DeployName())
-	}
+func summarize(plan *Plan) PruneResult {
+	p, deps := plan.Prune, plan.Deployments
+	r := PruneResult{State: store.PrunePlanned, Objects: int64(p.Stats.Objects), Bytes: int64(p.Stats.Bytes), RootsHash: p.RootsHash, PlannedFigures: Planned(p.Stats)}
+	r.Survivors = DeploymentNames(deps)
 	if sum := p.Summary(); p.Images != nil {
 		r.Images = &sum.Images
 	}

@@ -50,3 +50,12 @@ const (
 	// ostree's outcome, whatever changes later.
 	PolicyUnsupported PolicyState = "not-refreshed-by-ostree"
 )
+
+// StagedID names the staged deployment in the results of stage and
+// finalize --pre (the fields the runtime store records for it).
+type StagedID store.StagedID
+
+// Transition is one change of state in status --json's history: what
+// ("etc" or "prune") went from which state to which, when and why (as the
+// runtime store records it).
+type Transition store.Transition

@@ -18,13 +18,38 @@ import (
 
 // Status is `status --json`: stable field names (add, never rename).
 type Status struct {
-	Staged  *StagedStatus      `json:"staged"`
-	Etc     EtcStatus          `json:"etc"`
-	Prune   PruneStatus        `json:"prune"`
-	Cleanup CleanupStatus      `json:"cleanup"`
-	Watcher WatcherStatus      `json:"watcher"`
-	Ostree  *OstreeStatus      `json:"ostree,omitempty"`
-	History []store.Transition `json:"history,omitempty"`
+	Staged  *StagedStatus `json:"staged"`
+	Etc     EtcStatus     `json:"etc"`
+	Prune   PruneStatus   `json:"prune"`
+	Cleanup CleanupStatus `json:"cleanup"`
+	Watcher WatcherStatus `json:"watcher"`
+	Ostree  *OstreeStatus `json:"ostree,omitempty"`
+	History []Transition  `json:"history,omitempty"`
+}
+
+// Prune figures have one vocabulary across plan --json, stage --json,
+// status --json and cleanup --json: "planned" is what a plan will delete
+// (objects, and the bytes they hold), "deleted" what a cleanup deleted
+// (objects, and the bytes freed); always int64. The older names stay
+// (add, never rename): objects and bytes are planned figures in plan
+// --json, stage --json's prune, status --json's prune and cleanup, and
+// finalize --post --json, and deleted figures in cleanup --json.
+
+// PlannedFigures: what a plan will delete.
+type PlannedFigures struct {
+	PlannedObjects int64 `json:"planned_objects"`
+	PlannedBytes   int64 `json:"planned_bytes"`
+}
+
+// DeletedFigures: what a cleanup deleted.
+type DeletedFigures struct {
+	DeletedObjects int64 `json:"deleted_objects"`
+	DeletedBytes   int64 `json:"deleted_bytes"`
+}
+
+// Planned is a plan's figures.
+func Planned(st prune.Stats) PlannedFigures {
+	return PlannedFigures{PlannedObjects: int64(st.Objects), PlannedBytes: int64(st.Bytes)}
 }
 
 type StagedStatus struct {
@@ -50,6 +75,7 @@ type PruneStatus struct {
 	Bytes     int64  `json:"bytes"`
 	RootsHash string `json:"roots_hash"`
 	Reason    string `json:"reason,omitempty"`
+	PlannedFigures
 	// Images is the planned transition's images report (what undeployed
 	// container images hold; absent before stage computed one).
 	Images *prune.ImagesReport `json:"images,omitempty"`
@@ -60,6 +86,7 @@ type CleanupStatus struct {
 	Objects int64  `json:"objects"`
 	Bytes   int64  `json:"bytes"`
 	Reason  string `json:"reason,omitempty"`
+	PlannedFigures
 }
 
 // OstreeStatus is the installed ostree (`ostree --version`) and the
@@ -151,12 +178,16 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 			s.Prune.State = st.PruneState
 		}
 		s.Prune.Objects, s.Prune.Bytes, s.Prune.RootsHash, s.Prune.Reason = st.PruneObjects, st.PruneBytes, st.RootsHash, st.PruneReason
+		s.Prune.PlannedFigures = PlannedFigures{PlannedObjects: st.PruneObjects, PlannedBytes: st.PruneBytes}
 	}
 	if history {
 		// The history is an extra: status must answer without it (a
 		// store unreadable is reported in the reasons above).
 		_ = store.ViewRuntime(cfg.RunDir, func(tx *store.RuntimeTx) error {
-			s.History, _ = tx.History()
+			h, _ := tx.History()
+			for _, t := range h {
+				s.History = append(s.History, Transition(t))
+			}
 			if b := tx.Blob(blobImages); len(b) > 0 {
 				var im prune.ImagesReport
 				if json.Unmarshal(b, &im) == nil {
@@ -169,7 +200,8 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	pp, err := store.ReadPlan(cfg.Sysroot)
 	switch {
 	case err == nil:
-		s.Cleanup = CleanupStatus{Pending: true, Objects: pp.Objects, Bytes: pp.Bytes}
+		s.Cleanup = CleanupStatus{Pending: true, Objects: pp.Objects, Bytes: pp.Bytes,
+			PlannedFigures: PlannedFigures{PlannedObjects: pp.Objects, PlannedBytes: pp.Bytes}}
 	case !errors.Is(err, store.ErrNotExist):
 		s.Cleanup = CleanupStatus{Pending: true, Reason: "persisted plan unreadable: " + err.Error()}
 	}

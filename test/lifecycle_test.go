@@ -74,6 +74,15 @@ mkdir -p /etc/newdir/sub && echo x > /etc/newdir/sub/f && ln -s ../added.conf /e
 	if st.Etc.State != "precomputed" || !st.Etc.Takeover || st.Prune.State != "planned" {
 		t.Fatalf("status after stage: %+v", st)
 	}
+	// The prune figures' one vocabulary: planned_* beside the older names.
+	if p := sr.Prune.PlannedFigures; p.PlannedObjects != sr.Prune.Objects || p.PlannedBytes != sr.Prune.Bytes || st.Prune.PlannedFigures != p {
+		t.Fatalf("planned figures: stage %+v (objects %d, bytes %d), status %+v", p, sr.Prune.Objects, sr.Prune.Bytes, st.Prune.PlannedFigures)
+	}
+	var pj map[string]any
+	if err := json.Unmarshal([]byte(b.MustRun("ostree-prefinalize", "plan", "--json")), &pj); err != nil ||
+		pj["planned_objects"] == nil || pj["planned_objects"] != pj["objects"] || pj["planned_bytes"] != pj["bytes"] {
+		t.Fatalf("plan --json: planned_objects %v planned_bytes %v, objects %v bytes %v (%v)", pj["planned_objects"], pj["planned_bytes"], pj["objects"], pj["bytes"], err)
+	}
 	// Idempotent: a second stage keeps the takeover.
 	b.MustRun("ostree-prefinalize", "stage")
 	if st := statusOf(t, b); !st.Etc.Takeover {
@@ -103,8 +112,9 @@ echo more > /etc/after.conf
 	if !strings.Contains(out, "Plan persisted") {
 		t.Fatalf("finalize --post: %s", out)
 	}
-	if st := statusOf(t, b); !st.Cleanup.Pending {
-		t.Fatalf("status after --post: %+v", st)
+	pending := statusOf(t, b).Cleanup
+	if !pending.Pending || pending.PlannedObjects != pending.Objects || pending.PlannedBytes != pending.Bytes || pending.PlannedObjects == 0 {
+		t.Fatalf("status after --post: %+v", pending)
 	}
 
 	ores, err := ostreeOnly.FinalizeStaged(ctx)
@@ -133,6 +143,9 @@ echo more > /etc/after.conf
 	}
 	if len(before)-len(after) != cr.Objects {
 		t.Fatalf("cleanup says %d deleted, %d went", cr.Objects, len(before)-len(after))
+	}
+	if cr.DeletedObjects != int64(cr.Objects) || cr.DeletedBytes != int64(cr.Bytes) || cr.PlannedFigures != pending.PlannedFigures {
+		t.Fatalf("cleanup figures: %+v %+v (objects %d, bytes %d), pending was %+v", cr.DeletedFigures, cr.PlannedFigures, cr.Objects, cr.Bytes, pending.PlannedFigures)
 	}
 	nextA.MustRun("ostree", "fsck")
 	if st := statusOf(t, nextA); st.Cleanup.Pending {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
@@ -54,36 +55,17 @@ func newPlanCmd(g *globalOpts) *cobra.Command {
 	return c
 }
 
-// planResult is what the plan command computed.
-type planResult struct {
-	sysroot     *ostree.Sysroot
-	deployments []*ostree.Deployment // after finalization
-	dropped     []*ostree.Deployment // current deployments finalization removes
-	plan        *prune.Plan
-}
+// planResult is what the plan command computed: the lifecycle's one Plan.
+type planResult struct{ *lifecycle.Plan }
 
 // computePlan loads the sysroot, predicts the post-finalization deployments
 // and their roots, and plans the prune under ostree's shared repo lock.
 func computePlan(ctx context.Context, g *globalOpts, imageGC bool) (*planResult, error) {
-	s, err := ostree.LoadSysroot(g.sysroot, ostree.LoadOptions{RunDir: g.runDir})
+	p, err := lifecycle.ComputePlan(ctx, lifecycle.Config{Sysroot: g.sysroot, RunDir: g.runDir, ImageGC: imageGC, LockTimeout: planLockTimeout})
 	if err != nil {
 		return nil, err
 	}
-	p, ds, err := prune.PlanSysroot(ctx, s, prune.PredictOptions{ImageGC: imageGC}, planLockTimeout)
-	if err != nil {
-		return nil, err
-	}
-	r := &planResult{sysroot: s, deployments: ds, plan: p}
-	for _, d := range s.Deployments {
-		kept := false
-		for _, n := range ds {
-			kept = kept || n.Same(d)
-		}
-		if !kept {
-			r.dropped = append(r.dropped, d)
-		}
-	}
-	return r, nil
+	return &planResult{p}, nil
 }
 
 func runPlan(ctx context.Context, g *globalOpts, format string, imageGC bool, stdout io.Writer, stderr *os.File) error {
@@ -95,7 +77,7 @@ func runPlan(ctx context.Context, g *globalOpts, format string, imageGC bool, st
 	}
 	switch format {
 	case "list":
-		return r.plan.WriteList(stdout)
+		return r.Prune.WriteList(stdout)
 	case "json":
 		b, err := json.MarshalIndent(r.jsonForm(), "", "  ")
 		if err != nil {
@@ -119,9 +101,12 @@ type deploymentJSON struct {
 
 // planJSON is `plan --json`: the plan's Summary (objects, bytes,
 // roots_hash, roots, file_suffix, per-type counts) plus what finalization
-// does to the deployments. Field names are stable: add, never rename.
+// does to the deployments, and the planned figures of the prune figures'
+// vocabulary (lifecycle.PlannedFigures). Field names are stable: add,
+// never rename.
 type planJSON struct {
 	prune.Summary
+	lifecycle.PlannedFigures
 	// Staged is whether a deployment is staged; Locked whether its
 	// finalization is locked (the plan is then for the current list).
 	Staged      bool             `json:"staged"`
@@ -135,7 +120,7 @@ func (r *planResult) toJSON(ds []*ostree.Deployment) []deploymentJSON {
 	for _, d := range ds {
 		out = append(out, deploymentJSON{
 			OSName: d.OSName, Checksum: d.Checksum.String(), Serial: d.Serial,
-			Staged: r.sysroot.Staged != nil && d.Same(r.sysroot.Staged),
+			Staged: r.Sysroot.Staged != nil && d.Same(r.Sysroot.Staged),
 			Booted: d.Booted, Pinned: d.Pinned,
 		})
 	}
@@ -144,17 +129,18 @@ func (r *planResult) toJSON(ds []*ostree.Deployment) []deploymentJSON {
 
 func (r *planResult) jsonForm() planJSON {
 	return planJSON{
-		Summary:     r.plan.Summary(),
-		Staged:      r.sysroot.Staged != nil,
-		Locked:      r.sysroot.Staged != nil && r.sysroot.StagedLocked,
-		Deployments: r.toJSON(r.deployments),
-		Dropped:     r.toJSON(r.dropped),
+		Summary:        r.Prune.Summary(),
+		PlannedFigures: lifecycle.Planned(r.Prune.Stats),
+		Staged:         r.Sysroot.Staged != nil,
+		Locked:         r.Sysroot.Staged != nil && r.Sysroot.StagedLocked,
+		Deployments:    r.toJSON(r.Deployments),
+		Dropped:        r.toJSON(r.Dropped),
 	}
 }
 
 func (r *planResult) writeText(w io.Writer) error {
 	bw := bufio.NewWriter(w)
-	s, p := r.sysroot, r.plan
+	s, p := r.Sysroot, r.Prune
 	switch {
 	case s.Staged == nil:
 		if st := filepath.Join(s.RunDir, "ostree/staged-deployment"); s.Booted == nil && fileExists(st) {
@@ -167,12 +153,12 @@ func (r *planResult) writeText(w io.Writer) error {
 		fmt.Fprintf(bw, "Staged: %s\n", s.Staged)
 	}
 	fmt.Fprintf(bw, "Deployments after finalization:\n")
-	for _, d := range r.toJSON(r.deployments) {
+	for _, d := range r.toJSON(r.Deployments) {
 		fmt.Fprintf(bw, "  %s %s.%d%s\n", d.OSName, d.Checksum, d.Serial, marks(d))
 	}
-	if len(r.dropped) > 0 {
+	if len(r.Dropped) > 0 {
 		fmt.Fprintf(bw, "Dropped:\n")
-		for _, d := range r.toJSON(r.dropped) {
+		for _, d := range r.toJSON(r.Dropped) {
 			fmt.Fprintf(bw, "  %s %s.%d%s\n", d.OSName, d.Checksum, d.Serial, marks(d))
 		}
 	}

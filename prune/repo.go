@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -272,12 +272,15 @@ type RepoDeleter struct {
 	subFDs  [256]int
 	mu      sync.Mutex // guards subFDs
 	once    sync.Once
+	// FS writes tombstones (the shared durable writer); tests replace one
+	// step with a failing one.
+	FS durable.FS
 }
 
 // NewRepoDeleter opens r's objects directory for deletion. The caller holds
 // the exclusive repository lock.
 func NewRepoDeleter(r *ostree.Repo) (*RepoDeleter, error) {
-	d := &RepoDeleter{repo: r, objFD: -1, stateFD: -1}
+	d := &RepoDeleter{repo: r, objFD: -1, stateFD: -1, FS: durable.Real()}
 	for i := range d.subFDs {
 		d.subFDs[i] = -1
 	}
@@ -407,31 +410,14 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil
 	}
-	// Whole or nothing: write a temporary file, fsync it, then link it under
-	// its final name (a crash leaves at most the temporary, never a torn
-	// tombstone).
-	tmp := ".tmp-" + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	tfd, err := unix.Openat(fd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o644)
-	if err != nil {
+	// Whole or nothing, through the shared writer: a temporary file,
+	// fsynced, renamed under its final name (a crash leaves at most the
+	// temporary, never a torn tombstone). FileOnly: the directory entry is
+	// made durable with the deletions, by the one syncfs of Sync. 0644
+	// whatever the umask, as ostree writes it.
+	tg := durable.Target{Dir: fd, DirPath: d.repo.Path + "/objects/" + c.String()[:2], Name: name, Perm: 0o644, Sync: durable.FileOnly}
+	if err := d.FS.Write(tg, durable.Bytes(data)); err != nil {
 		return fmt.Errorf("tombstone %s: %w", tomb, err)
-	}
-	f := os.NewFile(uintptr(tfd), tmp)
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = unix.Fchmod(tfd, 0o644) // whatever the umask
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = unix.Renameat(fd, tmp, fd, name)
-	}
-	if werr != nil {
-		unix.Unlinkat(fd, tmp, 0) // best effort: a stray temporary is inert
-		return fmt.Errorf("tombstone %s: %w", tomb, werr)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"os"
 	"sort"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"golang.org/x/sys/unix"
 )
 

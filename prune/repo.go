@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"golang.org/x/sys/unix"
 )
 
 // This file binds the storage-free algorithm to an ostree repository on

@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	bolt "go.etcd.io/bbolt"
 )
 

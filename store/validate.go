@@ -17,12 +17,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"hash/fnv"
 	"io"
 	"os"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"golang.org/x/sys/unix"
 )
 

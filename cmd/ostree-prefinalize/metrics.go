@@ -3,11 +3,11 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"strconv"
 	"time"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
 

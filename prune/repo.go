@@ -386,10 +386,6 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	o := ostree.ObjectName{Checksum: c, Type: ostree.ObjTombstoneCommit}
 	name := d.rel(o)
 	tomb := d.repo.Path + "/objects/" + c.String()[:2] + "/" + name
-	data, err := ostree.EncodeVardict([]ostree.VariantEntry{{Key: "commit", Type: "ay", Value: append([]byte(c.String()), 0)}})
-	if err != nil {
-		return fmt.Errorf("tombstone %s: %w", tomb, err)
-	}
 	fd, err := d.subdir(c[0])
 	if errors.Is(err, unix.ENOENT) {
 		// ostree would create objects/XX; so do we, beneath objects/.
@@ -409,13 +405,9 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil
 	}
-	// Whole or nothing, through the shared writer: a temporary file,
-	// fsynced, renamed under its final name (a crash leaves at most the
-	// temporary, never a torn tombstone). FileOnly: the directory entry is
-	// made durable with the deletions, by the one syncfs of Sync. 0644
-	// whatever the umask, as ostree writes it.
-	tg := durable.Target{Dir: fd, DirPath: d.repo.Path + "/objects/" + c.String()[:2], Name: name, Perm: 0o644, Sync: durable.FileOnly}
-	if err := d.FS.Write(tg, durable.Bytes(data)); err != nil {
+	// ostree's tombstone, written whole through the shared writer (see
+	// ostree.WriteTombstone).
+	if err := ostree.WriteTombstone(d.FS, fd, d.repo.Path+"/objects/"+c.String()[:2], name, c); err != nil {
 		return fmt.Errorf("tombstone %s: %w", tomb, err)
 	}
 	return nil

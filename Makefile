@@ -69,7 +69,9 @@ demo: deps build
 # end; BENCH_RUNS=N for more runs). Root; drops the page cache; ~30 min.
 # Benchmarks against the ostree command, both sides in one run, medians of
 # BENCH_RUNS (default 5) runs; root; drops the page cache for cold runs.
-# BENCH_ONLY=prune|etc|watch|flood|images runs one of them.
+# BENCH_ONLY=prune|etc|watch|flood|images|contention runs one of them
+# (contention: cleanup and a watcher batch beside a 2 GB dirty writer and an
+# fsync loop).
 BENCH_RUNS ?= 5
 BENCH_ENV = OSTREE_PREFINALIZE_E2E=1 OSTREE_PREFINALIZE_BENCH=1 OSTREE_PREFINALIZE_BENCH_RUNS=$(BENCH_RUNS)
 bench: deps build
@@ -84,6 +86,8 @@ bench: deps build
 		$(BENCH_ENV) $(GO) test -count=1 -timeout 30m -run '^TestWatchFloodBench$$' -v ./test/ ; fi
 	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = images ]; then \
 		$(BENCH_ENV) $(GO) test -count=1 -timeout 120m -run '^TestImageGCBench$$' -v ./test/ ; fi
+	@if [ -z "$(BENCH_ONLY)" ] || [ "$(BENCH_ONLY)" = contention ]; then \
+		$(BENCH_ENV) $(GO) test -count=1 -timeout 60m -run '^TestContentionBench$$' -v ./test/ ; fi
 
 # Every decoder of on-disk bytes has a Fuzz target; run each for FUZZTIME.
 fuzz:

@@ -17,8 +17,8 @@ func TombstoneData(c Checksum) ([]byte, error) {
 // nothing (a temporary file, fsynced, renamed under its final name; a crash
 // leaves at most the temporary, never a torn tombstone), mode 0644 whatever
 // the umask, as ostree writes it. durable.FileOnly: the directory entry is
-// made durable by the caller's one syncfs after the deletions (the
-// deleter's Sync).
+// made durable by the caller's barrier after the deletions (the deleter's
+// Sync: an fsync of each directory changed).
 func WriteTombstone(fs durable.FS, dir int, dirPath, name string, c Checksum) error {
 	data, err := TombstoneData(c)
 	if err != nil {

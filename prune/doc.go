@@ -13,7 +13,10 @@
 // followed. ComputePlan subtracts that set from the listed loose objects and
 // returns a Plan; RootsHash is the ref-state hash of the roots. Plan.Execute
 // re-checks the roots against the live repository and deletes in the order
-// commits → trees → content.
+// commits → trees → content, with an ordering barrier (Deleter.Sync) between
+// the phases that holds across a power loss: RepoDeleter's barrier fsyncs
+// the directories the phase changed, never the whole filesystem
+// (barrier.go).
 //
 // The roots come from roots.go: PredictDeployments is the deployment list
 // that ostree's finalization of the staged deployment will write (staged

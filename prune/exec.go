@@ -23,9 +23,11 @@ type Deleter interface {
 	// config sets core.tombstone-commits=true, as ostree_repo_delete_object
 	// does, and otherwise does nothing.
 	Tombstone(commit ostree.Checksum) error
-	// Sync makes the deletions so far durable (syncfs). Execute calls it
-	// between phases so that the order of safety invariant 2 also holds
-	// after a power loss, not only after a crash of this process.
+	// Sync is an ordering barrier: it returns nil once every deletion (and
+	// tombstone) so far is durable. Execute calls it between phases so that
+	// the order of safety invariant 2 also holds after a power loss, not
+	// only after a crash of this process. RepoDeleter fsyncs the
+	// directories it changed, not the whole filesystem.
 	Sync() error
 }
 
@@ -246,8 +248,8 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 		if len(fresh) > 0 {
 			// Stopping (cancelled or failed): make what this run deleted
 			// durable before the caller records it as done. This costs
-			// one syncfs even after SIGTERM; without it the record could
-			// outrun the disk.
+			// one barrier even after SIGTERM; without it the record
+			// could outrun the disk.
 			if serr := syncFresh(); serr != nil {
 				err = errors.Join(err, fmt.Errorf("sync after deleting: %w", serr))
 			}
@@ -302,7 +304,12 @@ func (p *Plan) Execute(ctx context.Context, deleter Deleter, live LiveRoots, pro
 			// Commits must be gone durably before their trees go, and
 			// trees before content. Between commits and their detached
 			// metadata a process crash suffices (a .commitmeta that
-			// outlives its commit after a power loss is inert).
+			// outlives its commit after a power loss is inert). The
+			// barrier is a fsync of the directories the earlier phases
+			// changed (RepoDeleter.Sync): the unlinks are journalled
+			// metadata, and that fsync returns once the journal holding
+			// them (and everything logged before) is committed, so no
+			// unlink of the next phase can reach the disk before them.
 			if err := syncFresh(); err != nil {
 				return finish(fmt.Errorf("sync before deleting %s: %w", phaseName(ph), err))
 			}

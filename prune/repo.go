@@ -263,23 +263,28 @@ func (l RepoLive) Children(ctx context.Context, o ostree.ObjectName, emit func(o
 // RepoDeleter deletes loose objects of a repository without following any
 // symlink below it: each objects/XX directory is opened with
 // RESOLVE_NO_SYMLINKS|RESOLVE_BENEATH and the object is unlinked relative to
-// it. Close it when done. Not safe for concurrent use.
+// it. Close it when done. Delete and Tombstone may run concurrently (see
+// Concurrent); Sync and Close may not run with anything else.
 type RepoDeleter struct {
+	// FS is the system calls that change and flush the repository
+	// (RealDeleterFS); tests wrap them. Set it before the first call.
+	FS      DeleterFS
 	repo    *ostree.Repo
 	objFD   int
 	stateFD int // -1 when state/ does not exist
 	subFDs  [256]int
-	mu      sync.Mutex // guards subFDs
+	mu      sync.Mutex // guards subFDs and dirty
+	dirty   barrierDirs
 	once    sync.Once
-	// FS writes tombstones (the shared durable writer); tests replace one
-	// step with a failing one.
-	FS durable.FS
+	// WriteFS writes tombstones (the shared durable writer,
+	// durable.Real()); tests replace one step with a failing one.
+	WriteFS durable.FS
 }
 
 // NewRepoDeleter opens r's objects directory for deletion. The caller holds
 // the exclusive repository lock.
 func NewRepoDeleter(r *ostree.Repo) (*RepoDeleter, error) {
-	d := &RepoDeleter{repo: r, objFD: -1, stateFD: -1, FS: durable.Real()}
+	d := &RepoDeleter{FS: RealDeleterFS(), WriteFS: durable.Real(), repo: r, objFD: -1, stateFD: -1}
 	for i := range d.subFDs {
 		d.subFDs[i] = -1
 	}
@@ -356,7 +361,8 @@ func (d *RepoDeleter) rel(o ostree.ObjectName) string {
 // as ostree's prune marks a deleted commit non-partial.
 func (d *RepoDeleter) Delete(o ostree.ObjectName) error {
 	if o.Type == ostree.ObjCommit && d.stateFD >= 0 {
-		err := unix.Unlinkat(d.stateFD, o.Checksum.String()+".commitpartial", 0)
+		d.touchState()
+		err := d.FS.Unlink(d.stateFD, "state", o.Checksum.String()+".commitpartial")
 		if err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("%s/state/%s.commitpartial: %w", d.repo.Path, o.Checksum, err)
 		}
@@ -368,7 +374,8 @@ func (d *RepoDeleter) Delete(o ostree.ObjectName) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.repo.ObjectPath(o), err)
 	}
-	if err := unix.Unlinkat(fd, d.rel(o), 0); err != nil && !errors.Is(err, unix.ENOENT) {
+	d.touch(o.Checksum[0])
+	if err := d.FS.Unlink(fd, fmt.Sprintf("objects/%02x", o.Checksum[0]), d.rel(o)); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("%s: %w", d.repo.ObjectPath(o), err)
 	}
 	return nil
@@ -389,6 +396,7 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	fd, err := d.subdir(c[0])
 	if errors.Is(err, unix.ENOENT) {
 		// ostree would create objects/XX; so do we, beneath objects/.
+		d.touchObjects()
 		if err := unix.Mkdirat(d.objFD, fmt.Sprintf("%02x", c[0]), 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("tombstone %s: %w", tomb, err)
 		}
@@ -401,22 +409,17 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	if err != nil {
 		return fmt.Errorf("tombstone %s: %w", tomb, err)
 	}
+	// The rename below is durable at the next barrier (Sync), with the
+	// commit's unlink in the same directory.
+	d.touch(c[0])
 	var st unix.Stat_t
 	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil
 	}
 	// ostree's tombstone, written whole through the shared writer (see
 	// ostree.WriteTombstone).
-	if err := ostree.WriteTombstone(d.FS, fd, d.repo.Path+"/objects/"+c.String()[:2], name, c); err != nil {
+	if err := ostree.WriteTombstone(d.WriteFS, fd, d.repo.Path+"/objects/"+c.String()[:2], name, c); err != nil {
 		return fmt.Errorf("tombstone %s: %w", tomb, err)
-	}
-	return nil
-}
-
-// Sync makes the deletions durable: syncfs on the repository's filesystem.
-func (d *RepoDeleter) Sync() error {
-	if err := unix.Syncfs(d.objFD); err != nil {
-		return fmt.Errorf("syncfs %s: %w", d.repo.Path, err)
 	}
 	return nil
 }

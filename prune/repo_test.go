@@ -512,7 +512,7 @@ func TestRepoMissingDirtree(t *testing.T) {
 }
 
 // TestRepoTombstoneWriteFault: a tombstone whose rename fails (the shared
-// writer's step, injected through RepoDeleter.FS) stops the execution with
+// writer's step, injected through RepoDeleter.WriteFS) stops the execution with
 // an error naming the tombstone, leaves no tombstone and no temporary, and
 // the repository stays fsck-clean.
 func TestRepoTombstoneWriteFault(t *testing.T) {
@@ -533,7 +533,7 @@ func TestRepoTombstoneWriteFault(t *testing.T) {
 	}
 	defer d.Close()
 	injected := errors.New("injected")
-	d.FS.Rename = func(int, string, string) error { return injected }
+	d.WriteFS.Rename = func(int, string, string) error { return injected }
 	if _, err := p.Execute(context.Background(), d, RepoLive{Repo: r}, nil); !errors.Is(err, injected) || !strings.Contains(err.Error(), "tombstone") {
 		t.Fatalf("error %v, want the injected one naming a tombstone", err)
 	}

@@ -439,23 +439,7 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 			t.Fatalf("planned object %s is not in the finalized repository", l)
 		}
 	}
-	check := func(t testing.TB, repo, side string) {
-		after := parityObjects(t, repo)
-		var extra, missing []string
-		for o := range before {
-			switch {
-			case planned[o] && after[o]:
-				extra = append(extra, o)
-			case !planned[o] && !after[o]:
-				missing = append(missing, o)
-			}
-		}
-		if len(extra)+len(missing) > 0 {
-			slices.Sort(extra)
-			slices.Sort(missing)
-			t.Fatalf("%s: %d planned objects left (%.3q), %d unplanned objects deleted (%.3q)", side, len(extra), extra, len(missing), missing)
-		}
-	}
+	check := func(t testing.TB, repo, side string) { checkExecuted(t, before, planned, repo, side) }
 
 	// Once: ostree's cleanup at the next boot (inside the new deployment's
 	// namespace) and with --sysroot from outside delete the same objects,
@@ -538,6 +522,27 @@ func benchExecution(t *testing.T, fx *fixture, runs int, rep *table) {
 			fmt.Sprintf("%.2f×", rr), goal(rr <= 1.1, "≤1.1×"),
 			times[sideOurs].spread(), times[sideRm].spread(),
 			fmt.Sprintf("paired %.2f×", pairedRatio(times[sideOurs], times[sideRm])))
+	}
+}
+
+// checkExecuted fails unless repo holds exactly the objects of before that
+// are not planned (side names what deleted them).
+func checkExecuted(t testing.TB, before, planned map[string]bool, repo, side string) {
+	t.Helper()
+	after := parityObjects(t, repo)
+	var extra, missing []string
+	for o := range before {
+		switch {
+		case planned[o] && after[o]:
+			extra = append(extra, o)
+		case !planned[o] && !after[o]:
+			missing = append(missing, o)
+		}
+	}
+	if len(extra)+len(missing) > 0 {
+		slices.Sort(extra)
+		slices.Sort(missing)
+		t.Fatalf("%s: %d planned objects left (%.3q), %d unplanned objects deleted (%.3q)", side, len(extra), extra, len(missing), missing)
 	}
 }
 
@@ -647,5 +652,5 @@ func breakdownNote(bds []execBreakdown) string {
 	for _, b := range bds {
 		setup, del, syncs = append(setup, b.Setup), append(del, b.Delete), append(syncs, b.Syncs)
 	}
-	return fmt.Sprintf("ours: setup %s, unlinks %s, syncfs %s (medians)", fmtDur(setup.median()), fmtDur(del.median()), fmtDur(syncs.median()))
+	return fmt.Sprintf("ours: setup %s, unlinks %s, barriers %s (medians)", fmtDur(setup.median()), fmtDur(del.median()), fmtDur(syncs.median()))
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/ostree-prefinalize/ostree-prefinalize/finalize"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
+	"github.com/ostree-prefinalize/ostree-prefinalize/prune/prunetest"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
 )
@@ -418,11 +419,15 @@ var errInjectedIO = errors.New("injected I/O error")
 
 // recordingDeleter wraps the real deleter of repo: it logs every call and
 // its outcome, and makes the nth call of kind fail (before doing anything,
-// or after doing it).
+// or after doing it). Kind "fsync" is one directory fsync inside a barrier
+// (Sync); barriers records the real deleter's unlinks and fsyncs (its
+// function-field filesystem) for the order check.
 type recordingDeleter struct {
-	real *prune.RepoDeleter
-	log  []string // "delete NAME ok|fail", "tombstone CSUM ok|fail", "sync ok|fail"
-	n    map[string]int
+	real     *prune.RepoDeleter
+	mu       sync.Mutex // a barrier's fsyncs run in parallel
+	log      []string   // "delete NAME ok|fail", "tombstone CSUM ok|fail", "sync ok|fail", "fsync DIR ok|fail"
+	n        map[string]int
+	barriers prunetest.BarrierLog
 }
 
 func newRecordingDeleter(t *testing.T, repo *ostree.Repo, kind string, nth int, after bool) (*recordingDeleter, fnDeleter) {
@@ -434,8 +439,10 @@ func newRecordingDeleter(t *testing.T, repo *ostree.Repo, kind string, nth int, 
 	t.Cleanup(func() { real.Close() })
 	r := &recordingDeleter{real: real, n: map[string]int{}}
 	call := func(k, what string, do func() error) error {
+		r.mu.Lock()
 		r.n[k]++
 		fail := k == kind && r.n[k] == nth
+		r.mu.Unlock()
 		var err error
 		if !fail || after {
 			err = do()
@@ -447,8 +454,27 @@ func newRecordingDeleter(t *testing.T, repo *ostree.Repo, kind string, nth int, 
 		if err != nil {
 			res = "fail"
 		}
+		r.mu.Lock()
 		r.log = append(r.log, strings.TrimSpace(k+" "+what)+" "+res)
+		r.mu.Unlock()
 		return err
+	}
+	fs := real.FS
+	real.FS = prune.DeleterFS{
+		Unlink: func(fd int, dir, name string) error {
+			r.barriers.Unlink(dir, name)
+			return fs.Unlink(fd, dir, name)
+		},
+		FsyncDir: func(fd int, dir string) error {
+			err := call("fsync", dir, func() error { return fs.FsyncDir(fd, dir) })
+			r.barriers.Fsync(dir, err)
+			return err
+		},
+		Syncfs: func(fd int) error {
+			err := fs.Syncfs(fd)
+			r.barriers.Syncfs(err)
+			return err
+		},
 	}
 	return r, fnDeleter{
 		DeleteFn: func(o ostree.ObjectName) error {
@@ -462,9 +488,16 @@ func newRecordingDeleter(t *testing.T, repo *ostree.Repo, kind string, nth int, 
 }
 
 // durable checks that every entry the plan records as done was deleted and
-// then synced successfully: only then may a persisted plan forget it.
+// then synced successfully: only then may a persisted plan forget it. It
+// also checks the barriers at the level of the system calls: no unlink of
+// a phase was issued before the directory fsyncs of the earlier phases'
+// unlinks completed, and no syncfs was issued (this filesystem fsyncs
+// directories).
 func (r *recordingDeleter) durable(t *testing.T, p *prune.Plan, when string) {
 	t.Helper()
+	if n, err := r.barriers.Check(false); err != nil || n > 0 {
+		t.Fatalf("%s: barriers: %d syncfs, %v", when, n, err)
+	}
 	pending := map[ostree.ObjectName]bool{}
 	for _, e := range p.Remaining() {
 		pending[e.Name()] = true
@@ -534,11 +567,14 @@ func TestCleanupInjectedDeleteErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameAsOstree(t, parityObjects(t, r.Path), f.want, "a clean run")
+	if n, err := rec.barriers.Check(true); err != nil || n > 0 {
+		t.Fatalf("a clean run: barriers: %d syncfs, %v", n, err)
+	}
 	counts := rec.n
 	t.Logf("a clean run: %v calls for %d planned objects", counts, p.Len())
 
 	runs := 0
-	for _, kind := range []string{"delete", "tombstone", "sync"} {
+	for _, kind := range []string{"delete", "tombstone", "sync", "fsync"} {
 		for nth := 1; nth <= counts[kind]; nth++ {
 			for _, after := range []bool{false, true} {
 				name := fmt.Sprintf("%s %d (after=%v)", kind, nth, after)

@@ -39,8 +39,8 @@ const (
 	Full Sync = iota
 	// FileOnly: fsync the file before the rename (so a crash can never
 	// leave a torn file under the final name) but not the directory: the
-	// caller makes the directory durable later, e.g. with one syncfs after
-	// many writes (the deleter's tombstones).
+	// caller makes the directory durable later, once after many writes
+	// (the deleter's tombstones: its barrier fsyncs each changed directory).
 	FileOnly
 	// AtomicOnly: no fsync at all, only the rename. For files rewritten on
 	// every run whose loss in a crash is harmless (the metrics textfile):

@@ -153,14 +153,7 @@ func TestRepoParityPrune(t *testing.T) {
 			copyDir := filepath.Join(t.TempDir(), "repo")
 			cpA(t, repo, copyDir)
 
-			r, err := ostree.OpenRepo(repo)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := ComputePlan(context.Background(), RepoLister(r), repoRoots(t, r), FileSuffix(r), RepoChildren(r))
-			if err != nil {
-				t.Fatal(err)
-			}
+			r, p := planRepo(t, repo)
 			var list bytes.Buffer
 			if err := p.WriteList(&list); err != nil {
 				t.Fatal(err)
@@ -519,14 +512,7 @@ func TestRepoTombstoneWriteFault(t *testing.T) {
 	harness.RequireOstree(t)
 	repo := buildParityRepo(t, "bare-user-only")
 	ostreeCmd(t, repo, "config", "set", "core.tombstone-commits", "true")
-	r, err := ostree.OpenRepo(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ComputePlan(context.Background(), RepoLister(r), repoRoots(t, r), FileSuffix(r), RepoChildren(r))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, p := planRepo(t, repo)
 	d, err := NewRepoDeleter(r)
 	if err != nil {
 		t.Fatal(err)
@@ -543,4 +529,18 @@ func TestRepoTombstoneWriteFault(t *testing.T) {
 		}
 	}
 	ostreeCmd(t, repo, "fsck")
+}
+
+// planRepo opens repo and plans its prune from its refs.
+func planRepo(t *testing.T, repo string) (*ostree.Repo, *Plan) {
+	t.Helper()
+	r, err := ostree.OpenRepo(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ComputePlan(context.Background(), RepoLister(r), repoRoots(t, r), FileSuffix(r), RepoChildren(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, p
 }

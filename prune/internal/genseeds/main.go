@@ -8,25 +8,16 @@ package main
 
 import (
 	"crypto/sha256"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/seedgen"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
 
-func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: genseeds DIR")
-		os.Exit(2)
-	}
-	if err := run(os.Args[1]); err != nil {
-		fmt.Fprintln(os.Stderr, "genseeds:", err)
-		os.Exit(1)
-	}
-}
+func main() { seedgen.Main(run) }
 
 func run(out string) error {
 	sum := func(s string) ostree.Checksum { return ostree.Checksum(sha256.Sum256([]byte(s))) }

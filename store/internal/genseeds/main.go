@@ -5,24 +5,15 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/seedgen"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 )
 
-func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: genseeds DIR")
-		os.Exit(2)
-	}
-	if err := run(os.Args[1]); err != nil {
-		fmt.Fprintln(os.Stderr, "genseeds:", err)
-		os.Exit(1)
-	}
-}
+func main() { seedgen.Main(run) }
 
 func run(out string) error {
 	tmp, err := os.MkdirTemp("", "genseeds")

@@ -7,7 +7,7 @@ DESTDIR ?=
 E2E     ?= 1
 FUZZTIME ?= 60s
 FUZZLONG ?= 5m
-DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap debootstrap
+DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap systemd-container debootstrap
 # The ostree the tests compare with (test/harness/oracle.go): a Debian suite
 # (bookworm: 2022.7, trixie: 2025.2, forky: 2026.4), a comma-separated list,
 # or all (harness.AllOracles, the same list as here). A
@@ -16,6 +16,9 @@ DEBS    := ostree e2fsprogs attr util-linux mount systemd python3-gi bubblewrap 
 ORACLE  ?= all
 ORACLE_SUITES = $(if $(filter all,$(ORACLE)),bookworm trixie forky,$(subst $(comma), ,$(ORACLE)))
 comma   := ,
+# The Debian roots TestNspawnBoot boots under systemd-nspawn (whatever the
+# host's suite: they are booted, not only run from), built once by make deps.
+BOOT_SUITES ?= bookworm trixie
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR  ?= $(PREFIX)/share/man
 BUILDDIR := bin
@@ -40,6 +43,7 @@ deps:
 	for s in $(ORACLE_SUITES); do \
 		[ "$$s" = "$$host" ] || ./test/roots/build.sh $$s || exit 1; \
 	done
+	@for s in $(BOOT_SUITES); do ./test/roots/build.sh $$s || exit 1; done
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ostree-prefinalize

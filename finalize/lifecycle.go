@@ -653,6 +653,13 @@ func recordEtc(cfg *Config, r EtcResult, baseline, takeover []byte) {
 // a deployment whose etc we cannot vouch for: the update waits for the
 // next attempt, the system keeps booting the current deployment.
 func fallback(ctx context.Context, cfg *Config, sys *ostree.Sysroot, reason string) EtcResult {
+	// Not cancelled with the caller: the usual reason to be here is that
+	// the merge was (SIGTERM at a poweroff right after staging, seen under
+	// systemd-nspawn in TestNspawnBoot), and a restore cut short by the
+	// same cancellation locked finalization: the update was silently not
+	// applied. The restore is bounded (lock waits time out; systemd's stop
+	// timeout and the applying mark cover the rest).
+	ctx = context.WithoutCancel(ctx)
 	r := EtcResult{State: store.EtcFallback, Reason: reason}
 	log := cfg.Log.With("staged", sys.Staged.String())
 	var snapOrig []byte

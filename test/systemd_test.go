@@ -220,6 +220,11 @@ func TestSystemdUnitsDesign(t *testing.T) {
 	if !w.has("Unit.After", "ostree-prefinalize-seal.service") || !stage.has("Unit.Wants", "ostree-prefinalize-seal.service") {
 		t.Errorf("watch must be ordered after the seal unit, and stage must want it")
 	}
+	// ...and stage too, so the seal at shutdown follows a stopped stage
+	// (TestNspawnBoot: a poweroff right after staging).
+	if !stage.has("Unit.After", "ostree-prefinalize-seal.service") {
+		t.Errorf("stage must be ordered after the seal unit: %v", stage["Unit.After"])
+	}
 	seal := readUnit(t, d+"ostree-prefinalize-seal.service")
 	if !seal.has("Unit.After", "ostree-finalize-staged.service") || !seal.has("Service.RemainAfterExit", "yes") {
 		t.Errorf("seal unit: %v", seal)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,7 +52,8 @@ const lockPollMax = 100 * time.Millisecond
 // ErrLockTimeout and ctx.Err(), names the lock file and, when they can be
 // found in /proc, the processes holding it.
 //
-// Waiting polls the non-blocking F_OFD_SETLK with a backoff of up to 100ms,
+// Waiting (internal/lockwait.Poll, the one lock loop) polls the
+// non-blocking F_OFD_SETLK with a backoff of up to 100ms,
 // rather than blocking in F_OFD_SETLKW: a blocked fcntl cannot be
 // interrupted from Go without signalling its thread, so a SETLKW waiter
 // would outlive a cancelled context and could take the lock after we gave
@@ -95,38 +97,21 @@ func lockFile(ctx context.Context, dir, name string, exclusive bool) (*RepoLock,
 		return nil, fmt.Errorf("lock %s: not a regular file (mode %o): %w", p, st.Mode, ErrCorrupt)
 	}
 
-	wait := time.Millisecond
-	var timer *time.Timer
-	for {
-		ok, err := l.try()
-		if err != nil {
-			l.f.Close()
-			return nil, fmt.Errorf("lock %s: %w", p, err)
+	err = lockwait.Poll(ctx, lockPollMax, l.try)
+	switch {
+	case err == nil:
+		return l, nil
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		holders := lockHolders(fd, st.Dev, st.Ino, exclusive)
+		l.f.Close()
+		kind := "shared"
+		if exclusive {
+			kind = "exclusive"
 		}
-		if ok {
-			return l, nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-ctx.Done():
-			holders := lockHolders(fd, st.Dev, st.Ino, exclusive)
-			l.f.Close()
-			kind := "shared"
-			if exclusive {
-				kind = "exclusive"
-			}
-			return nil, fmt.Errorf("lock %s (%s): %w: %w%s", p, kind, ErrLockTimeout, ctx.Err(), holders)
-		case <-timer.C:
-		}
-		if wait *= 2; wait > lockPollMax {
-			wait = lockPollMax
-		}
+		return nil, fmt.Errorf("lock %s (%s): %w: %w%s", p, kind, ErrLockTimeout, ctx.Err(), holders)
 	}
+	l.f.Close()
+	return nil, fmt.Errorf("lock %s: %w", p, err)
 }
 
 // try makes one non-blocking attempt; false without error means the lock is
@@ -156,22 +141,11 @@ func (l *RepoLock) try() (bool, error) {
 			break
 		}
 	}
-	how := unix.LOCK_SH | unix.LOCK_NB
+	how := unix.LOCK_SH
 	if l.exclusive {
-		how = unix.LOCK_EX | unix.LOCK_NB
+		how = unix.LOCK_EX
 	}
-	for {
-		err := unix.Flock(fd, how)
-		switch {
-		case err == nil:
-			return true, nil
-		case err == unix.EINTR:
-			continue
-		case err == unix.EWOULDBLOCK:
-			return false, nil
-		}
-		return false, err
-	}
+	return lockwait.TryFlock(fd, how)
 }
 
 // Unlock releases the lock and closes the file. A second call is a no-op.

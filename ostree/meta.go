@@ -17,12 +17,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree/gvariant"
 )
 
 var (
-	typeCommit  = mustType("(a{sv}aya(say)sstayay)")
-	typeDirTree = mustType("(a(say)a(sayay))")
-	typeDirMeta = mustType("(uuua(ayay))")
+	typeCommit  = gvariant.MustType("(a{sv}aya(say)sstayay)")
+	typeDirTree = gvariant.MustType("(a(say)a(sayay))")
+	typeDirMeta = gvariant.MustType("(uuua(ayay))")
 )
 
 // Commit is a decoded .commit object.
@@ -57,7 +59,7 @@ func fieldErr(obj, field string, err error) error {
 // DecodeCommit decodes a commit object. Errors wrap ErrCorrupt and name the
 // field.
 func DecodeCommit(b []byte) (*Commit, error) {
-	v, err := newVariant(typeCommit, b)
+	v, err := gvariant.NewTyped(typeCommit, b)
 	if err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
@@ -70,7 +72,7 @@ func DecodeCommit(b []byte) (*Commit, error) {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	c := &Commit{}
-	md, err := vardictEntries(f[0])
+	md, err := gvariant.VardictEntries(f[0])
 	if err != nil {
 		return nil, fieldErr("commit", "metadata", err)
 	}
@@ -81,8 +83,8 @@ func DecodeCommit(b []byte) (*Commit, error) {
 		md[i].Value = bytes.Clone(md[i].Value)
 	}
 	c.Metadata = md
-	if p := f[1].b; len(p) != 0 {
-		if c.Parent, err = f[1].checksum(); err != nil {
+	if p := f[1].Data(); len(p) != 0 {
+		if c.Parent, err = checksumOf(f[1]); err != nil {
 			return nil, fieldErr("commit", "parent", err)
 		}
 	}
@@ -92,11 +94,11 @@ func DecodeCommit(b []byte) (*Commit, error) {
 	if c.Body, err = f[4].Str(); err != nil {
 		return nil, fieldErr("commit", "body", err)
 	}
-	c.Timestamp = binary.BigEndian.Uint64(f[5].b)
-	if c.RootTree, err = f[6].checksum(); err != nil {
+	c.Timestamp = binary.BigEndian.Uint64(f[5].Data())
+	if c.RootTree, err = checksumOf(f[6]); err != nil {
 		return nil, fieldErr("commit", "root dirtree", err)
 	}
-	if c.RootMeta, err = f[7].checksum(); err != nil {
+	if c.RootMeta, err = checksumOf(f[7]); err != nil {
 		return nil, fieldErr("commit", "root dirmeta", err)
 	}
 	return c, nil
@@ -148,7 +150,7 @@ func DecodeDirTree(b []byte) (*DirTree, error) {
 // the walk and is returned unwrapped. Callbacks may have run for earlier
 // entries before a later entry is found corrupt.
 func WalkDirTree(b []byte, file func(name []byte, c Checksum) error, dir func(name []byte, tree, meta Checksum) error) error {
-	v, err := newVariant(typeDirTree, b)
+	v, err := gvariant.NewTyped(typeDirTree, b)
 	if err != nil {
 		return fmt.Errorf("dirtree: %w", err)
 	}
@@ -159,14 +161,14 @@ func WalkDirTree(b []byte, file func(name []byte, c Checksum) error, dir func(na
 	}
 	files, dirs := f[0], f[1]
 
-	n, dataSize, w, err := files.arrayFrame()
+	n, dataSize, w, err := files.ArrayFrame()
 	if err != nil {
-		return fmt.Errorf("dirtree: files: %w", inPath(err, "[0]"))
+		return fmt.Errorf("dirtree: files: %w", gvariant.InPath(err, "[0]"))
 	}
 	for i := 0; i < n; i++ {
-		e, err := files.varElem(i, dataSize, w)
+		e, err := files.VarElem(i, dataSize, w)
 		if err != nil {
-			return fmt.Errorf("dirtree: files: %w", inPath(err, "[0]"))
+			return fmt.Errorf("dirtree: files: %w", gvariant.InPath(err, "[0]"))
 		}
 		var buf [2]Variant
 		m, err := e.Fields(buf[:0])
@@ -177,7 +179,7 @@ func WalkDirTree(b []byte, file func(name []byte, c Checksum) error, dir func(na
 		if err != nil {
 			return fmt.Errorf("dirtree: file %d: name: %w", i, err)
 		}
-		c, err := m[1].checksum()
+		c, err := checksumOf(m[1])
 		if err != nil {
 			return fmt.Errorf("dirtree: file %q: checksum: %w", name, err)
 		}
@@ -186,14 +188,14 @@ func WalkDirTree(b []byte, file func(name []byte, c Checksum) error, dir func(na
 		}
 	}
 
-	n, dataSize, w, err = dirs.arrayFrame()
+	n, dataSize, w, err = dirs.ArrayFrame()
 	if err != nil {
-		return fmt.Errorf("dirtree: dirs: %w", inPath(err, "[1]"))
+		return fmt.Errorf("dirtree: dirs: %w", gvariant.InPath(err, "[1]"))
 	}
 	for i := 0; i < n; i++ {
-		e, err := dirs.varElem(i, dataSize, w)
+		e, err := dirs.VarElem(i, dataSize, w)
 		if err != nil {
-			return fmt.Errorf("dirtree: dirs: %w", inPath(err, "[1]"))
+			return fmt.Errorf("dirtree: dirs: %w", gvariant.InPath(err, "[1]"))
 		}
 		var buf [3]Variant
 		m, err := e.Fields(buf[:0])
@@ -204,11 +206,11 @@ func WalkDirTree(b []byte, file func(name []byte, c Checksum) error, dir func(na
 		if err != nil {
 			return fmt.Errorf("dirtree: dir %d: name: %w", i, err)
 		}
-		tree, err := m[1].checksum()
+		tree, err := checksumOf(m[1])
 		if err != nil {
 			return fmt.Errorf("dirtree: dir %q: dirtree checksum: %w", name, err)
 		}
-		meta, err := m[2].checksum()
+		meta, err := checksumOf(m[2])
 		if err != nil {
 			return fmt.Errorf("dirtree: dir %q: dirmeta checksum: %w", name, err)
 		}
@@ -260,7 +262,7 @@ const (
 // does, it requires a directory mode with only permission, setuid/setgid
 // and sticky bits.
 func DecodeDirMeta(b []byte) (*DirMeta, error) {
-	v, err := newVariant(typeDirMeta, b)
+	v, err := gvariant.NewTyped(typeDirMeta, b)
 	if err != nil {
 		return nil, fmt.Errorf("dirmeta: %w", err)
 	}
@@ -273,9 +275,9 @@ func DecodeDirMeta(b []byte) (*DirMeta, error) {
 		return nil, fmt.Errorf("dirmeta: %w", err)
 	}
 	d := &DirMeta{
-		UID:  binary.BigEndian.Uint32(f[0].b),
-		GID:  binary.BigEndian.Uint32(f[1].b),
-		Mode: binary.BigEndian.Uint32(f[2].b),
+		UID:  binary.BigEndian.Uint32(f[0].Data()),
+		GID:  binary.BigEndian.Uint32(f[1].Data()),
+		Mode: binary.BigEndian.Uint32(f[2].Data()),
 	}
 	if d.Mode&sIFMT != sIFDIR {
 		return nil, fmt.Errorf("dirmeta: mode 0%o is not a directory: %w", d.Mode, ErrCorrupt)
@@ -309,11 +311,11 @@ func decodeXattrs(v Variant) ([]Xattr, error) {
 		if err != nil {
 			return nil, err
 		}
-		name := f[0].b
+		name := f[0].Data()
 		if len(name) < 2 || name[len(name)-1] != 0 || bytes.IndexByte(name[:len(name)-1], 0) >= 0 {
 			return nil, fmt.Errorf("xattr %d: name %q is not a non-empty NUL-terminated byte string: %w", i, name, ErrCorrupt)
 		}
-		out = append(out, Xattr{Name: bytes.Clone(name[:len(name)-1]), Value: bytes.Clone(f[1].b)})
+		out = append(out, Xattr{Name: bytes.Clone(name[:len(name)-1]), Value: bytes.Clone(f[1].Data())})
 	}
 	return out, nil
 }

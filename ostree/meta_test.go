@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree/gvariant"
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree/gvariant/gvarianttest"
 	"golang.org/x/sys/unix"
 )
 
@@ -194,34 +196,17 @@ func TestWalkDirTreeAllocs(t *testing.T) {
 // bigDirTree serializes a dirtree with n files and n/10 dirs (test-only
 // writer for the benchmark; the decoder is checked against ostree elsewhere).
 func bigDirTree(n int) []byte {
-	arr := func(count int, elem func(i int) []byte) []byte {
-		var body []byte
-		var ends []int
-		for i := 0; i < count; i++ {
-			body = append(body, elem(i)...)
-			ends = append(ends, len(body))
-		}
-		return appendOffsets(body, ends)
-	}
 	csum := bytes.Repeat([]byte{0xab}, 32)
-	tuple := func(parts ...[]byte) []byte { // (s ay [ay]) : all align 1
-		var body []byte
-		var offs []int
-		for i, p := range parts {
-			body = append(body, p...)
-			if i < len(parts)-1 {
-				offs = append(offs, len(body))
-			}
+	arr := func(count int, elem func(i int) []byte) []byte {
+		elems := make([][]byte, count)
+		for i := range elems {
+			elems[i] = elem(i)
 		}
-		w := offsetSize(totalSize(len(body), len(offs)))
-		for i := len(offs) - 1; i >= 0; i-- {
-			body = appendLE(body, offs[i], w)
-		}
-		return body
+		return gvariant.EncodeArray(elems)
 	}
-	files := arr(n, func(i int) []byte { return tuple(EncodeString(fmt.Sprintf("file-%07d", i)), csum) })
-	dirs := arr(n/10, func(i int) []byte { return tuple(EncodeString(fmt.Sprintf("dir-%07d", i)), csum, csum) })
-	return tuple(files, dirs)
+	files := arr(n, func(i int) []byte { return gvariant.EncodeTuple(EncodeString(fmt.Sprintf("file-%07d", i)), csum) })
+	dirs := arr(n/10, func(i int) []byte { return gvariant.EncodeTuple(EncodeString(fmt.Sprintf("dir-%07d", i)), csum, csum) })
+	return gvariant.EncodeTuple(files, dirs)
 }
 
 func TestBigDirTree(t *testing.T) {
@@ -364,7 +349,7 @@ func ostreeListing(t *testing.T, repo, ref string) []string {
 }
 
 func TestAgainstOstree(t *testing.T) {
-	g := requireGLib(t)
+	g := gvarianttest.RequireGLib(t)
 	for _, mode := range []string{"bare-user-only", "archive"} {
 		t.Run(mode, func(t *testing.T) {
 			tmp := t.TempDir()
@@ -421,7 +406,7 @@ func firstLines(l []string) string {
 	return strings.Join(l, "\n")
 }
 
-func checkCommitAgainstOstree(t *testing.T, g *glibOracle, repo, rev string, c *Commit) {
+func checkCommitAgainstOstree(t *testing.T, g *gvarianttest.Oracle, repo, rev string, c *Commit) {
 	t.Helper()
 	show := run(t, "ostree", "--repo="+repo, "show", rev)
 	date := time.Unix(int64(c.Timestamp), 0).UTC().Format("2006-01-02 15:04:05 -0700")
@@ -449,7 +434,7 @@ func checkCommitAgainstOstree(t *testing.T, g *glibOracle, repo, rev string, c *
 	}
 	for _, e := range c.Metadata {
 		want := strings.TrimSpace(run(t, "ostree", "--repo="+repo, "show", rev, "--print-metadata-key="+e.Key))
-		got, normal := g.read(t, e.Type, e.Value)
+		got, normal := g.Read(t, e.Type, e.Value)
 		if got != want || !normal {
 			t.Fatalf("metadata %q: ours %s (normal %v), ostree %s", e.Key, got, normal, want)
 		}
@@ -564,4 +549,14 @@ func FuzzDecodeDirMeta(f *testing.F) {
 			t.Fatalf("non-directory mode %o accepted", m.Mode)
 		}
 	})
+}
+
+func readTestdata(t testing.TB, name string) []byte {
+	t.Helper()
+	return gvarianttest.ReadFile(t, filepath.Join("testdata", name))
+}
+
+func wantCorrupt(t *testing.T, err error, substr string) {
+	t.Helper()
+	gvarianttest.WantIs(t, err, ErrCorrupt, substr)
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree/gvariant/gvarianttest"
 )
 
 const (
@@ -171,7 +173,7 @@ func glibDeployment(name, osname string) string {
 // dictionary, GLib reads it as normal, and every key ostree looks up reads
 // back (through GLib's GVariantDict, as ostree reads it) as intended.
 func TestTakeoverWithGLib(t *testing.T) {
-	g := requireGLib(t)
+	g := gvarianttest.RequireGLib(t)
 	target := [3]string{"target", "a{sv}", glibDeployment(seedCsum+".3", "fedora")}
 	merge := [3]string{"merge-deployment", "a{sv}", glibDeployment(seedCsum+".2", "fedora")}
 	kargs := [3]string{"kargs", "as", "['root=UUID=abc', 'rw', 'console=ttyS0,115200n8']"}
@@ -193,7 +195,7 @@ func TestTakeoverWithGLib(t *testing.T) {
 		// merge-deployment not second
 		{[][3]string{unknown, target, kargs, merge}, [][3]string{unknown, target, kargs}},
 	} {
-		in := g.vardict(t, c.in)
+		in := g.Vardict(t, c.in)
 		s, err := DecodeStagedState(in)
 		if err != nil {
 			t.Fatalf("case %d: decoding GLib's state: %v", i, err)
@@ -202,16 +204,16 @@ func TestTakeoverWithGLib(t *testing.T) {
 		if err != nil {
 			t.Fatalf("case %d: %v", i, err)
 		}
-		want := g.vardict(t, c.want)
+		want := g.Vardict(t, c.want)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("case %d: ours %x\nGLib %x", i, got, want)
 		}
-		if _, normal := g.read(t, "a{sv}", got); !normal {
+		if _, normal := g.Read(t, "a{sv}", got); !normal {
 			t.Fatalf("case %d: GLib says our state is not normal", i)
 		}
 		for _, key := range []string{"target", "merge-deployment", "kargs", "overlay-initrds", "locked", "x-future"} {
-			before := g.call(t, map[string]any{"op": "lookup", "hex": fmt.Sprintf("%x", in), "key": key})["print"]
-			after := g.call(t, map[string]any{"op": "lookup", "hex": fmt.Sprintf("%x", got), "key": key})["print"]
+			before := g.Lookup(t, in, key)
+			after := g.Lookup(t, got, key)
 			switch {
 			case key == "merge-deployment":
 				if after != nil {
@@ -232,7 +234,7 @@ func TestTakeoverWithGLib(t *testing.T) {
 // ostree_sysroot_stage_tree_with_options does and checks GLib builds the
 // same bytes from the same values and reads ours back as normal.
 func TestEncodeStagedLikeOstree(t *testing.T) {
-	g := requireGLib(t)
+	g := gvarianttest.RequireGLib(t)
 	dep := func(name, osname string) []byte {
 		b, err := EncodeVardict([]VariantEntry{
 			{Key: "name", Type: "s", Value: EncodeString(name)},
@@ -254,7 +256,7 @@ func TestEncodeStagedLikeOstree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := g.vardict(t, [][3]string{
+	want := g.Vardict(t, [][3]string{
 		{"target", "a{sv}", glibDeployment(seedCsum+".1", "rhcos")},
 		{"merge-deployment", "a{sv}", glibDeployment(seedCsum+".0", "rhcos")},
 		{"kargs", "as", "['a=b', '" + strings.Repeat("long", 100) + "']"},
@@ -264,7 +266,7 @@ func TestEncodeStagedLikeOstree(t *testing.T) {
 	if !bytes.Equal(ours, want) {
 		t.Fatalf("ours %x\nGLib %x", ours, want)
 	}
-	if _, normal := g.read(t, "a{sv}", ours); !normal {
+	if _, normal := g.Read(t, "a{sv}", ours); !normal {
 		t.Fatal("GLib: not normal")
 	}
 	s, err := DecodeStagedState(ours)

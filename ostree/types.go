@@ -4,11 +4,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree/gvariant"
 )
 
 // ErrCorrupt is wrapped by every error that reports bytes read from disk
 // that do not decode as ostree wrote them (truncated, oversized, garbage).
-var ErrCorrupt = errors.New("corrupt")
+var ErrCorrupt = gvariant.ErrCorrupt
 
 // ErrNotFound is wrapped when a file or object that must exist is absent.
 var ErrNotFound = errors.New("not found")
@@ -104,9 +106,5 @@ type ObjectName struct {
 
 func (o ObjectName) String() string { return o.Checksum.String() + "." + o.Type.String() }
 
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
-}
+// truncate shortens an untrusted string quoted in an error message.
+var truncate = gvariant.Truncate

@@ -38,3 +38,5 @@
 // dirtree, dirmeta and file (payload links, tombstones) are never planned:
 // where ostree might delete more, the plan deletes less.
 package prune
+
+//go:generate go run ./internal/genseeds testdata/plan

@@ -11,6 +11,8 @@ import (
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
 
+// encTestPlan is the plan of the fuzz seed testdata/plan/valid.bin
+// (written by go generate: internal/genseeds).
 func encTestPlan(t testing.TB) *Plan {
 	sum := func(s string) ostree.Checksum { return ostree.Checksum(sha256.Sum256([]byte(s))) }
 	roots := []ostree.ObjectName{{Checksum: sum("root-b"), Type: ostree.ObjCommit}, {Checksum: sum("root-a"), Type: ostree.ObjCommit}}
@@ -58,22 +60,6 @@ func TestPlanEncodingRoundTrip(t *testing.T) {
 	bad[len(bad)-9] = byte(ostree.ObjTombstoneCommit)
 	if _, err := UnmarshalPlan(bad); !errors.Is(err, ErrBadPlan) {
 		t.Fatalf("tombstone entry: %v", err)
-	}
-}
-
-// TestWritePlanSeed regenerates testdata/plan/valid.bin when
-// OSTREE_PREFINALIZE_REGEN=1.
-func TestWritePlanSeed(t *testing.T) {
-	if os.Getenv("OSTREE_PREFINALIZE_REGEN") != "1" {
-		t.Skip("set OSTREE_PREFINALIZE_REGEN=1 to regenerate testdata")
-	}
-	b, err := encTestPlan(t).MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll("testdata/plan", 0o755)
-	if err := os.WriteFile("testdata/plan/valid.bin", b, 0o644); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -346,7 +346,7 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 	if s.Staged != nil {
 		users = append(users, s.Staged)
 	}
-	survives := headRefSurvives(s, ds)
+	survives := ostree.HeadRefSurvives(s, ds)
 	view := imageStoreView{repo: r, refs: refs, deployments: users, depRefGone: func(n string) bool { return !survives(n) }}
 	for _, d := range users {
 		view.depCommits = append(view.depCommits, d.Checksum)
@@ -360,7 +360,7 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 		return nil, gerr
 	}
 	removed := removedRefNames(groups)
-	roots, err := postFinalizeRoots(s, ds, refs, removed)
+	roots, err := ostree.PostFinalizeRootsOf(s, ds, refs, removed)
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +407,7 @@ func planSysrootImages(ctx context.Context, s *ostree.Sysroot, ds []*ostree.Depl
 	}
 	// Without image GC the plan is ostree's own: the refs stay roots and
 	// keep what they reach.
-	base, err := postFinalizeRoots(s, ds, refs, nil)
+	base, err := ostree.PostFinalizeRootsOf(s, ds, refs, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -175,12 +175,7 @@ func RootsHash(roots []ostree.ObjectName) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-func compareNames(a, b ostree.ObjectName) int {
-	if c := bytes.Compare(a.Checksum[:], b.Checksum[:]); c != 0 {
-		return c
-	}
-	return int(a.Type) - int(b.Type)
-}
+var compareNames = ostree.CompareObjectNames
 
 // suffix is the type as `plan --list` and the object's file name print it.
 func (p *Plan) suffix(t ostree.ObjectType) string {

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
+	"golang.org/x/sys/unix"
 )
 
 // This file binds the storage-free algorithm to an ostree repository on
@@ -277,12 +276,15 @@ type RepoDeleter struct {
 	mu      sync.Mutex // guards subFDs and dirty
 	dirty   barrierDirs
 	once    sync.Once
+	// WriteFS writes tombstones (the shared durable writer,
+	// durable.Real()); tests replace one step with a failing one.
+	WriteFS durable.FS
 }
 
 // NewRepoDeleter opens r's objects directory for deletion. The caller holds
 // the exclusive repository lock.
 func NewRepoDeleter(r *ostree.Repo) (*RepoDeleter, error) {
-	d := &RepoDeleter{FS: RealDeleterFS(), repo: r, objFD: -1, stateFD: -1}
+	d := &RepoDeleter{FS: RealDeleterFS(), WriteFS: durable.Real(), repo: r, objFD: -1, stateFD: -1}
 	for i := range d.subFDs {
 		d.subFDs[i] = -1
 	}
@@ -391,10 +393,6 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	o := ostree.ObjectName{Checksum: c, Type: ostree.ObjTombstoneCommit}
 	name := d.rel(o)
 	tomb := d.repo.Path + "/objects/" + c.String()[:2] + "/" + name
-	data, err := ostree.EncodeVardict([]ostree.VariantEntry{{Key: "commit", Type: "ay", Value: append([]byte(c.String()), 0)}})
-	if err != nil {
-		return fmt.Errorf("tombstone %s: %w", tomb, err)
-	}
 	fd, err := d.subdir(c[0])
 	if errors.Is(err, unix.ENOENT) {
 		// ostree would create objects/XX; so do we, beneath objects/.
@@ -418,31 +416,10 @@ func (d *RepoDeleter) Tombstone(c ostree.Checksum) error {
 	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil
 	}
-	// Whole or nothing: write a temporary file, fsync it, then link it under
-	// its final name (a crash leaves at most the temporary, never a torn
-	// tombstone).
-	tmp := ".tmp-" + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	tfd, err := unix.Openat(fd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o644)
-	if err != nil {
+	// ostree's tombstone, written whole through the shared writer (see
+	// ostree.WriteTombstone).
+	if err := ostree.WriteTombstone(d.WriteFS, fd, d.repo.Path+"/objects/"+c.String()[:2], name, c); err != nil {
 		return fmt.Errorf("tombstone %s: %w", tomb, err)
-	}
-	f := os.NewFile(uintptr(tfd), tmp)
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = unix.Fchmod(tfd, 0o644) // whatever the umask
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = unix.Renameat(fd, tmp, fd, name)
-	}
-	if werr != nil {
-		unix.Unlinkat(fd, tmp, 0) // best effort: a stray temporary is inert
-		return fmt.Errorf("tombstone %s: %w", tomb, werr)
 	}
 	return nil
 }

@@ -153,14 +153,7 @@ func TestRepoParityPrune(t *testing.T) {
 			copyDir := filepath.Join(t.TempDir(), "repo")
 			cpA(t, repo, copyDir)
 
-			r, err := ostree.OpenRepo(repo)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := ComputePlan(context.Background(), RepoLister(r), repoRoots(t, r), FileSuffix(r), RepoChildren(r))
-			if err != nil {
-				t.Fatal(err)
-			}
+			r, p := planRepo(t, repo)
 			var list bytes.Buffer
 			if err := p.WriteList(&list); err != nil {
 				t.Fatal(err)
@@ -509,4 +502,45 @@ func TestRepoMissingDirtree(t *testing.T) {
 	if !slices.Equal(ours, theirs) {
 		t.Fatalf("plan differs from ostree prune (missing dirtree under a partial commit):\nonly ours:   %v\nonly ostree: %v", minus(ours, theirs), minus(theirs, ours))
 	}
+}
+
+// TestRepoTombstoneWriteFault: a tombstone whose rename fails (the shared
+// writer's step, injected through RepoDeleter.WriteFS) stops the execution with
+// an error naming the tombstone, leaves no tombstone and no temporary, and
+// the repository stays fsck-clean.
+func TestRepoTombstoneWriteFault(t *testing.T) {
+	harness.RequireOstree(t)
+	repo := buildParityRepo(t, "bare-user-only")
+	ostreeCmd(t, repo, "config", "set", "core.tombstone-commits", "true")
+	r, p := planRepo(t, repo)
+	d, err := NewRepoDeleter(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	injected := errors.New("injected")
+	d.WriteFS.Rename = func(int, string, string) error { return injected }
+	if _, err := p.Execute(context.Background(), d, RepoLive{Repo: r}, nil); !errors.Is(err, injected) || !strings.Contains(err.Error(), "tombstone") {
+		t.Fatalf("error %v, want the injected one naming a tombstone", err)
+	}
+	for _, o := range findObjects(t, repo) {
+		if strings.HasSuffix(o, ".tombstone-commit") || strings.HasSuffix(o, ".tmp") {
+			t.Errorf("left behind: %s", o)
+		}
+	}
+	ostreeCmd(t, repo, "fsck")
+}
+
+// planRepo opens repo and plans its prune from its refs.
+func planRepo(t *testing.T, repo string) (*ostree.Repo, *Plan) {
+	t.Helper()
+	r, err := ostree.OpenRepo(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ComputePlan(context.Background(), RepoLister(r), repoRoots(t, r), FileSuffix(r), RepoChildren(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, p
 }

@@ -67,27 +67,3 @@ func FuzzViewRuntime(f *testing.F) {
 		})
 	})
 }
-
-// TestWriteSeedRuntime regenerates testdata/runtime-v1.db (the fuzz seed of
-// a runtime store) when OSTREE_PREFINALIZE_REGEN=1.
-func TestWriteSeedRuntime(t *testing.T) {
-	if os.Getenv("OSTREE_PREFINALIZE_REGEN") != "1" {
-		t.Skip("set OSTREE_PREFINALIZE_REGEN=1 to regenerate testdata")
-	}
-	run := t.TempDir()
-	err := UpdateRuntime(run, func(tx *RuntimeTx) error {
-		tx.PutBlob(BlobPlan, []byte("plan"))
-		tx.AddPending("a", "b/c")
-		return tx.PutState(State{Staged: &StagedID{OSName: "os", Checksum: "ab", Serial: 1}, EtcState: EtcPrecomputed, PruneState: PrunePlanned})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(RuntimePath(run))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile("testdata/runtime-v1.db", b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -42,47 +43,54 @@ var (
 	keyPlanBody = []byte("body")
 )
 
-// WritePlan persists p at PlanPath(sysroot) atomically and durably: it is
-// written whole into a temporary store beside the final name (bbolt fsyncs
-// it on commit), renamed over the final name, and the directory is fsynced,
-// so after WritePlan returns the plan survives a crash, and at no instant is
-// a partial plan visible under the final name.
+// WritePlan persists p at PlanPath(sysroot) atomically and durably through
+// the shared writer (internal/durable, Full): the plan is written whole into
+// a temporary store beside the final name (bbolt fsyncs it on commit, and
+// the writer fsyncs it once more, cheaply), renamed over the final name, and
+// the directory is fsynced, so after WritePlan returns the plan survives a
+// crash, and at no instant is a partial plan visible under the final name.
+// The temporary has a fixed name (cleanup.db.tmp): the plan's writers are
+// serialised by the repository lock, and a stale one left by a crash is
+// removed first.
 func WritePlan(sysroot string, p PersistedPlan) error {
 	final := PlanPath(sysroot)
 	dir := filepath.Dir(final)
 	if err := ensureDir(dir, 0o700); err != nil {
 		return err
 	}
-	tmp := final + ".tmp"
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("persist plan: remove stale %s: %w", tmp, err)
-	}
 	sum := sha256.Sum256(p.Plan)
 	meta, err := json.Marshal(planMeta{hex.EncodeToString(sum[:]), p.RootsHash, p.Staged, p.Objects, p.Bytes, p.CreatedAt.UTC()})
 	if err != nil {
 		return err
 	}
-	err = update(tmp, true, false, func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketPlan)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(keyPlanMeta, meta); err != nil {
-			return err
-		}
-		return b.Put(keyPlanBody, p.Plan)
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("persist plan: %w", err)
+	}
+	defer d.Close()
+	tg := durable.Target{Dir: int(d.Fd()), DirPath: dir, Name: filepath.Base(final), Perm: 0o600, Temp: filepath.Base(final) + ".tmp"}
+	err = PlanFS.Write(tg, func(f *os.File) error {
+		// bbolt opens the (empty) temporary by name and fills it.
+		return update(f.Name(), true, false, func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(bucketPlan)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(keyPlanMeta, meta); err != nil {
+				return err
+			}
+			return b.Put(keyPlanBody, p.Plan)
+		})
 	})
 	if err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("persist plan: %w", err)
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("persist plan: %w", err)
-	}
-	// The rename is only durable once the directory is.
-	return syncDir(dir)
+	return nil
 }
+
+// PlanFS is the filesystem WritePlan writes through; tests replace one step
+// with a failing one.
+var PlanFS = durable.Real()
 
 // ReadPlan reads the persisted plan; ErrNotExist when there is none.
 func ReadPlan(sysroot string) (*PersistedPlan, error) {

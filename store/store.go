@@ -33,6 +33,8 @@
 // means that nothing is deleted until ostree's own cleanup runs.
 package store
 
+//go:generate go run ./internal/genseeds testdata
+
 import (
 	"errors"
 	"fmt"

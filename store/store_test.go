@@ -309,6 +309,40 @@ func TestPersistedPlan(t *testing.T) {
 	}
 }
 
+// TestWritePlanFaults makes each step of the shared writer fail in turn
+// (PlanFS): the old plan stays readable and whole, no temporary is left.
+func TestWritePlanFaults(t *testing.T) {
+	injected := errors.New("injected")
+	saved := PlanFS
+	t.Cleanup(func() { PlanFS = saved })
+	for _, step := range []string{"chmod", "fsync", "rename"} {
+		sysroot := t.TempDir()
+		os.MkdirAll(filepath.Join(sysroot, "ostree"), 0o755)
+		old := PersistedPlan{Plan: []byte("old"), RootsHash: "h", CreatedAt: time.Unix(1, 0)}
+		PlanFS = saved
+		if err := WritePlan(sysroot, old); err != nil {
+			t.Fatal(err)
+		}
+		switch step {
+		case "chmod":
+			PlanFS.Chmod = func(*os.File, uint32) error { return injected }
+		case "fsync":
+			PlanFS.Fsync = func(*os.File) error { return injected }
+		case "rename":
+			PlanFS.Rename = func(int, string, string) error { return injected }
+		}
+		if err := WritePlan(sysroot, PersistedPlan{Plan: []byte("new"), CreatedAt: time.Unix(2, 0)}); !errors.Is(err, injected) {
+			t.Fatalf("%s: error %v, want the injected one", step, err)
+		}
+		if got, err := ReadPlan(sysroot); err != nil || string(got.Plan) != "old" {
+			t.Fatalf("%s: old plan not intact: %+v %v", step, got, err)
+		}
+		if _, err := os.Stat(PlanPath(sysroot) + ".tmp"); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: temporary plan left behind", step)
+		}
+	}
+}
+
 // FuzzReadPlan: whatever bytes sit at the plan's path, reading gives a plan
 // or an error, never a panic or a hang.
 func FuzzReadPlan(f *testing.F) {

@@ -13,6 +13,7 @@ package store
 // cheap next to what a corrupt one could cost.
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"golang.org/x/sys/unix"
 )
 
@@ -269,21 +271,16 @@ func lockedOpener(readOnly bool) func(string, int, os.FileMode) (*os.File, error
 		if readOnly {
 			how = unix.LOCK_SH
 		}
-		deadline := time.Now().Add(LockTimeout)
-		for {
-			err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-			if err == nil {
-				break
-			}
-			if err != unix.EWOULDBLOCK && err != unix.EINTR {
-				f.Close()
-				return nil, err
-			}
-			if time.Now().After(deadline) {
-				f.Close()
+		// The one lock loop (internal/lockwait), bounded by LockTimeout.
+		ctx, cancel := context.WithTimeout(context.Background(), LockTimeout)
+		err = lockwait.Poll(ctx, 10*time.Millisecond, func() (bool, error) { return lockwait.TryFlock(int(f.Fd()), how) })
+		cancel()
+		if err != nil {
+			f.Close()
+			if errors.Is(err, context.DeadlineExceeded) {
 				return nil, errLockTimeout
 			}
-			time.Sleep(10 * time.Millisecond)
+			return nil, err
 		}
 		st, err := f.Stat()
 		if err != nil {

@@ -164,7 +164,7 @@ func TestEtcMergeBench(t *testing.T) {
 		}
 		r := float64(pre.median()) / float64(max(mergeCost.median(), 1))
 		rep.add(when, "ours: finalize --pre (command)", fmtDur(pre.median()), pre.spread(),
-			fmt.Sprintf("%.2f× ostree's merge (goal ≤ 0.1×: %s)", r, map[bool]string{true: "met", false: "NOT met"}[r <= 0.1]))
+			fmt.Sprintf("%.2f× ostree's merge (goal %s)", r, goal(r <= 0.1, "≤0.1×")))
 		rep.add(when, "ours: finalize --pre (its own timer)", fmtDur(preInner.median()), preInner.spread(),
 			fmt.Sprintf("%.2f× ostree's merge", float64(preInner.median())/float64(max(mergeCost.median(), 1))))
 		rep.add(when, "ostree: finalize-staged with merge", fmtDur(withMerge.median()), withMerge.spread(), counts)

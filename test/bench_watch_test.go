@@ -236,11 +236,12 @@ func TestWatchBench(t *testing.T) {
 		"## watcher benchmark",
 		fmt.Sprintf("machine: %d CPUs, shared with other jobs; booted /etc: %d files, %d directories; burst written in %s; goal: RSS <= %s",
 			runtime.NumCPU(), nFiles, nDirs, burstTime.Round(time.Millisecond), mb(watchRSSGoal)))
-	rep.add("phase", "wall", "CPU (user+sys)", "CPU %", "peak VmRSS (anon + file)", "VmRSS at end", "VmHWM")
+	rep.add("phase", "wall", "CPU (user+sys)", "CPU %", "peak VmRSS (anon + file)", "VmRSS at end", "VmHWM", "goal")
 	for _, r := range rows {
 		rep.add(r.name, r.wall.Round(10*time.Millisecond).String(), fmt.Sprintf("%.2f s", r.cpu),
 			fmt.Sprintf("%.1f%%", 100*r.cpu/r.wall.Seconds()),
-			fmt.Sprintf("%s (%s + %s)", mb(r.peakRSS), mb(r.peakAnon), mb(r.peakFile)), mb(r.endRSS), mb(r.hwm))
+			fmt.Sprintf("%s (%s + %s)", mb(r.peakRSS), mb(r.peakAnon), mb(r.peakFile)), mb(r.endRSS), mb(r.hwm),
+			goal(r.hwm <= watchRSSGoal, "VmHWM ≤"+mb(watchRSSGoal)))
 	}
 	t.Logf("\n%s", rep)
 	if hwm := rows[len(rows)-1].hwm; hwm > watchRSSGoal {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
+	"github.com/ostree-prefinalize/ostree-prefinalize/test/treecmp"
 )
 
 const etcNewTime = "2024-01-03 03:04:05 +0000"
@@ -164,15 +165,8 @@ func bootedManifest(t *testing.T, h *harness.BootedHost) harness.Manifest {
 	return m
 }
 
-func requireSameManifest(t *testing.T, what string, a, b harness.Manifest) {
-	t.Helper()
-	if d := a.Diff(b); d != nil {
-		if len(d) > 40 {
-			d = append(d[:40], fmt.Sprintf("... and %d more", len(d)-40))
-		}
-		t.Fatalf("%s:\n%s", what, strings.Join(d, "\n"))
-	}
-}
+// requireSameManifest is the shared comparator's check (test/treecmp).
+var requireSameManifest = treecmp.Require
 
 // etcManifest describes a new deployment's etc for the comparison: type,
 // mode, owner, content, link target, xattrs, inode flags, and with mtimes
@@ -180,15 +174,9 @@ func requireSameManifest(t *testing.T, what string, a, b harness.Manifest) {
 // symlinks are made new and get the time of the merge).
 func etcManifest(t *testing.T, dir string, mtimes bool) harness.Manifest {
 	t.Helper()
-	m, err := harness.TreeManifest(dir, harness.ManifestOptions{Xattrs: true, MTime: mtimes})
+	m, err := harness.TreeManifest(dir, harness.ManifestOptions{Xattrs: true, FileMTime: mtimes})
 	if err != nil {
 		t.Fatal(err)
-	}
-	for p, e := range m {
-		if e.Type != "file" {
-			e.MTime = 0
-			m[p] = e
-		}
 	}
 	if _, ok := m["passwd"]; !ok || len(m) < 15 {
 		t.Fatalf("%s has %d entries and no passwd: wrong directory?", dir, len(m))

@@ -14,14 +14,10 @@ package test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,6 +30,7 @@ import (
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
+	"github.com/ostree-prefinalize/ostree-prefinalize/test/treecmp"
 )
 
 // unsafeStateDirs makes <run>/ostree-prefinalize unsafe in each way and
@@ -549,88 +546,19 @@ func hostileEtc(t *testing.T, etc, tag string, long bool) {
 }
 
 // fdManifest describes every entry below root (type, mode, owner, content
-// hash, link target, with mtime the mtime of regular files) walking with
-// directory fds only, so that paths longer than PATH_MAX from the host's
-// side are described too (harness.TreeManifest stats full paths).
-func fdManifest(t *testing.T, root string, mtime bool) map[string]string {
+// hash, link target, inode flags, with mtime the mtime of regular files)
+// with the shared comparator, which walks with directory fds, so that paths
+// longer than PATH_MAX from the host's side are described too.
+func fdManifest(t *testing.T, root string, mtime bool) treecmp.Manifest {
 	t.Helper()
-	out := map[string]string{}
-	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	m, err := treecmp.Scan(root, treecmp.Options{FileMTime: mtime})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var walk func(fd int, rel string)
-	walk = func(fd int, rel string) {
-		d := os.NewFile(uintptr(fd), rel)
-		defer d.Close()
-		names, err := d.Readdirnames(-1)
-		if err != nil {
-			t.Fatalf("%s: %v", rel, err)
-		}
-		for _, n := range names {
-			p := rel + "/" + n
-			var st unix.Stat_t
-			if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				t.Fatalf("%q: %v", p, err)
-			}
-			desc := fmt.Sprintf("mode %o uid %d gid %d", st.Mode, st.Uid, st.Gid)
-			switch st.Mode & unix.S_IFMT {
-			case unix.S_IFREG:
-				ffd, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
-				if err != nil {
-					t.Fatalf("%q: %v", p, err)
-				}
-				f := os.NewFile(uintptr(ffd), n)
-				h := sha256.New()
-				io.Copy(h, f)
-				f.Close()
-				desc += fmt.Sprintf(" sha %x", h.Sum(nil))
-				if mtime {
-					desc += fmt.Sprintf(" mtime %d.%09d", st.Mtim.Sec, st.Mtim.Nsec)
-				}
-			case unix.S_IFLNK:
-				buf := make([]byte, 4096)
-				k, err := unix.Readlinkat(fd, n, buf)
-				if err != nil {
-					t.Fatalf("%q: %v", p, err)
-				}
-				desc += " -> " + string(buf[:k])
-			case unix.S_IFDIR:
-				sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-				if err != nil {
-					t.Fatalf("%q: %v", p, err)
-				}
-				walk(sub, p)
-			default:
-				desc += fmt.Sprintf(" rdev %d", st.Rdev)
-			}
-			out[p] = desc
-		}
-	}
-	walk(fd, ".")
-	return out
+	return m
 }
 
-func requireSameFD(t *testing.T, what string, a, b map[string]string) {
-	t.Helper()
-	var d []string
-	for p, x := range a {
-		if y, ok := b[p]; !ok {
-			d = append(d, fmt.Sprintf("only in first: %q %s", p, x))
-		} else if x != y {
-			d = append(d, fmt.Sprintf("differs: %q: %s != %s", p, x, y))
-		}
-	}
-	for p, y := range b {
-		if _, ok := a[p]; !ok {
-			d = append(d, fmt.Sprintf("only in second: %q %s", p, y))
-		}
-	}
-	if d != nil {
-		sort.Strings(d)
-		t.Fatalf("%s:\n%s", what, strings.Join(d[:min(len(d), 30)], "\n"))
-	}
-}
+var requireSameFD = treecmp.Require
 
 // A hostile /etc through stage, the watcher and finalize --pre: ostree
 // skips devices and sockets and copies everything else, names and depth

@@ -3,11 +3,10 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"github.com/ostree-prefinalize/ostree-prefinalize/lifecycle"
 	"github.com/ostree-prefinalize/ostree-prefinalize/prune"
 )
@@ -109,35 +108,11 @@ func escapeLabel(s string) string {
 // temporary file is in the same directory (rename is atomic only within a
 // filesystem) and its name does not end in .prom, so the collector never
 // reads it. No fsync: metrics are rewritten every run, and after a crash a
-// stale or missing file is harmless.
+// stale or missing file is harmless (durable.AtomicOnly). 0644: readable by
+// node_exporter, which does not run as root.
 func writeMetricsFile(path string, st *lifecycle.Status, ok bool) error {
-	return writeFileAtomic(path, renderMetrics(st, ok, time.Now()))
+	return metricsFS.WriteFile(path, 0o644, durable.AtomicOnly, durable.Bytes(renderMetrics(st, ok, time.Now())))
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		// Readable by node_exporter, which does not run as root.
-		err = f.Chmod(0o644)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp) // the temp name is ours alone; the old file is untouched
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
-}
+// metricsFS is the filesystem of the metrics writer; tests make one step fail.
+var metricsFS = durable.Real()

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -211,5 +212,30 @@ func TestMetricsFileAtomic(t *testing.T) {
 		if strings.HasSuffix(e.Name(), ".tmp") {
 			t.Errorf("temporary file left: %s", e.Name())
 		}
+	}
+}
+
+// TestMetricsWriteFault makes the shared writer's chmod fail: the old
+// textfile stays whole and no temporary is left (the writer goes through
+// internal/durable, whose every step is fault-tested there).
+func TestMetricsWriteFault(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "ostree-prefinalize.prom")
+	if err := writeMetricsFile(p, fullStatus(), true); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(p)
+	saved := metricsFS
+	t.Cleanup(func() { metricsFS = saved })
+	injected := errors.New("injected")
+	metricsFS.Chmod = func(*os.File, uint32) error { return injected }
+	if err := writeMetricsFile(p, fullStatus(), false); !errors.Is(err, injected) {
+		t.Fatalf("error %v, want the injected one", err)
+	}
+	if now, _ := os.ReadFile(p); string(now) != string(old) {
+		t.Error("the old textfile changed")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("leftover files: %v", ents)
 	}
 }

@@ -42,7 +42,7 @@ dep() { echo "{'name': <'$1'>, 'osname': <'$2'>, 'bootcsum': <'$boot'>}"; }
 		"'root=UUID=1234', 'rw', 'quiet splash'" "'$boot'"
 	printf '{"op":"vardict","entries":[["target","a{sv}","%s"],["merge-deployment","a{sv}","%s"]]}\n' \
 		"$(dep "$csum.1" os)" "$(dep "$csum.0" os)"
-} | /usr/bin/python3 "$here/glibvariant.py" | while read -r line; do
+} | /usr/bin/python3 "$here/../gvariant/gvarianttest/glibvariant.py" | while read -r line; do
 	n=$((${n:-0} + 1))
 	hex=$(echo "$line" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["hex"])')
 	case $n in

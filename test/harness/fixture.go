@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ostree-prefinalize/ostree-prefinalize/test/treecmp"
 	"golang.org/x/sys/unix"
 )
 
@@ -512,18 +513,7 @@ func openForFlags(p string) (int, error) {
 	return unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 }
 
-func getFlags(p string) (uint32, error) {
-	fd, err := openForFlags(p)
-	if err != nil {
-		return 0, &fs.PathError{Op: "open", Path: p, Err: err}
-	}
-	defer unix.Close(fd)
-	fl, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
-	if err != nil {
-		return 0, &fs.PathError{Op: "FS_IOC_GETFLAGS", Path: p, Err: err}
-	}
-	return fl, nil
-}
+func getFlags(p string) (uint32, error) { return treecmp.Flags(p) }
 
 func setFlags(p string, fl uint32) error {
 	fd, err := openForFlags(p)
@@ -589,6 +579,6 @@ func registerImmutableCleanup(t testing.TB, dir string) {
 
 // Inode flags as chattr names them (linux/fs.h FS_IMMUTABLE_FL, FS_APPEND_FL).
 const (
-	FlagImmutable uint32 = 0x00000010
-	FlagAppend    uint32 = 0x00000020
+	FlagImmutable = treecmp.FlagImmutable
+	FlagAppend    = treecmp.FlagAppend
 )

@@ -1,7 +1,5 @@
-package ostree
-
-// A strict reader (and a small a{sv} writer) of GVariant serialized data,
-// following GLib's gvariant-serialiser.c.
+// Package gvariant is a strict reader (and a small a{sv} writer) of GVariant
+// serialized data, following GLib's gvariant-serialiser.c.
 //
 // GLib's own reader is tolerant: a child whose framing is wrong reads as a
 // default value (empty string, empty array, the unit tuple). Bytes we read
@@ -14,6 +12,10 @@ package ostree
 // Everything is little-endian (ostree never writes byte-swapped variants).
 // Variants are views: a Variant holds its type and a sub-slice of the input,
 // so walking a container allocates nothing.
+//
+// ostree re-exports the names its callers use (ostree.VariantEntry,
+// ostree.EncodeVardict, ...); ostree.ErrCorrupt is this package's ErrCorrupt.
+package gvariant
 
 import (
 	"encoding/binary"
@@ -28,6 +30,11 @@ import (
 // OSTREE_MAX_METADATA_SIZE (128 MiB; 2022.7 used 10 MiB). Anything larger was
 // not written by ostree.
 const MaxMetadataSize = 128 << 20
+
+// ErrCorrupt is wrapped by every decoding error: the bytes are not a
+// normal-form GVariant of the expected type. ostree.ErrCorrupt is the same
+// value.
+var ErrCorrupt = errors.New("corrupt")
 
 // maxDepth is GLib's G_VARIANT_MAX_RECURSION_DEPTH: the deepest nesting of
 // types and values GLib accepts.
@@ -54,7 +61,7 @@ func (e *VariantError) Error() string {
 // Unwrap makes errors.Is(err, ErrCorrupt) hold.
 func (e *VariantError) Unwrap() error { return ErrCorrupt }
 
-func verr(t *vtype, format string, args ...any) error {
+func verr(t *TypeInfo, format string, args ...any) error {
 	ts := "?"
 	if t != nil {
 		ts = t.str
@@ -62,9 +69,9 @@ func verr(t *vtype, format string, args ...any) error {
 	return &VariantError{Type: ts, Msg: fmt.Sprintf(format, args...)}
 }
 
-// inPath prefixes the location of a child error with seg, so that errors
+// InPath prefixes the location of a child error with seg, so that errors
 // coming up from deep inside say where they happened.
-func inPath(err error, seg string) error {
+func InPath(err error, seg string) error {
 	var ve *VariantError
 	if errors.As(err, &ve) {
 		ve.Path = seg + ve.Path
@@ -74,15 +81,15 @@ func inPath(err error, seg string) error {
 
 func idxSeg(i int) string { return fmt.Sprintf("[%d]", i) }
 
-// vtype is a parsed GVariant type.
-type vtype struct {
-	str    string   // its type string
-	kind   byte     // first character: b y n q i u x t h d s o g v m a ( {
-	align  int      // alignment minus one (0, 1, 3 or 7), as GLib stores it
-	fixed  int      // serialized size when fixed, 0 when variable
-	depth  int      // GLib's type depth: 1 for basic types, 1+max(children) for containers
-	elem   *vtype   // element of m and a
-	fields []*vtype // members of ( and {
+// TypeInfo is a parsed GVariant type.
+type TypeInfo struct {
+	str    string      // its type string
+	kind   byte        // first character: b y n q i u x t h d s o g v m a ( {
+	align  int         // alignment minus one (0, 1, 3 or 7), as GLib stores it
+	fixed  int         // serialized size when fixed, 0 when variable
+	depth  int         // GLib's type depth: 1 for basic types, 1+max(children) for containers
+	elem   *TypeInfo   // element of m and a
+	fields []*TypeInfo // members of ( and {
 }
 
 var basicTypes = map[byte]struct{ align, fixed int }{
@@ -96,16 +103,16 @@ func isBasic(c byte) bool { return strings.IndexByte("bynqiuxthdsog", c) >= 0 }
 
 // parseOne parses one complete definite type starting at s[pos] and returns
 // it and the position after it.
-func parseOne(s string, pos, depth int) (*vtype, int, error) {
+func parseOne(s string, pos, depth int) (*TypeInfo, int, error) {
 	if depth > maxDepth {
-		return nil, 0, fmt.Errorf("type string %q nests deeper than %d", truncate(s), maxDepth)
+		return nil, 0, fmt.Errorf("type string %q nests deeper than %d", Truncate(s), maxDepth)
 	}
 	if pos >= len(s) {
-		return nil, 0, fmt.Errorf("type string %q is incomplete", truncate(s))
+		return nil, 0, fmt.Errorf("type string %q is incomplete", Truncate(s))
 	}
 	c := s[pos]
 	if b, ok := basicTypes[c]; ok {
-		return &vtype{str: s[pos : pos+1], kind: c, align: b.align, fixed: b.fixed, depth: 1}, pos + 1, nil
+		return &TypeInfo{str: s[pos : pos+1], kind: c, align: b.align, fixed: b.fixed, depth: 1}, pos + 1, nil
 	}
 	switch c {
 	case 'm', 'a':
@@ -113,27 +120,27 @@ func parseOne(s string, pos, depth int) (*vtype, int, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &vtype{str: s[pos:end], kind: c, align: e.align, elem: e, depth: e.depth + 1}, end, nil
+		return &TypeInfo{str: s[pos:end], kind: c, align: e.align, elem: e, depth: e.depth + 1}, end, nil
 	case '(', '{':
 		closer := byte(')')
 		if c == '{' {
 			closer = '}'
 		}
-		t := &vtype{kind: c, depth: 1}
+		t := &TypeInfo{kind: c, depth: 1}
 		p := pos + 1
 		for {
 			if p >= len(s) {
-				return nil, 0, fmt.Errorf("type string %q: unclosed %q", truncate(s), c)
+				return nil, 0, fmt.Errorf("type string %q: unclosed %q", Truncate(s), c)
 			}
 			if s[p] == closer {
 				p++
 				break
 			}
 			if c == '{' && len(t.fields) == 0 && !isBasic(s[p]) {
-				return nil, 0, fmt.Errorf("type string %q: dict entry key must be a basic type", truncate(s))
+				return nil, 0, fmt.Errorf("type string %q: dict entry key must be a basic type", Truncate(s))
 			}
 			if c == '{' && len(t.fields) == 2 {
-				return nil, 0, fmt.Errorf("type string %q: dict entry with more than two members", truncate(s))
+				return nil, 0, fmt.Errorf("type string %q: dict entry with more than two members", Truncate(s))
 			}
 			m, end, err := parseOne(s, p, depth+1)
 			if err != nil {
@@ -143,7 +150,7 @@ func parseOne(s string, pos, depth int) (*vtype, int, error) {
 			p = end
 		}
 		if c == '{' && len(t.fields) != 2 {
-			return nil, 0, fmt.Errorf("type string %q: dict entry needs a key and a value", truncate(s))
+			return nil, 0, fmt.Errorf("type string %q: dict entry needs a key and a value", Truncate(s))
 		}
 		t.str = s[pos:p]
 		fixed, off := true, 0
@@ -168,19 +175,19 @@ func parseOne(s string, pos, depth int) (*vtype, int, error) {
 		}
 		return t, p, nil
 	}
-	return nil, 0, fmt.Errorf("type string %q: %q at %d is not a definite type", truncate(s), c, pos)
+	return nil, 0, fmt.Errorf("type string %q: %q at %d is not a definite type", Truncate(s), c, pos)
 }
 
 func alignUp(off, alignMask int) int { return (off + alignMask) &^ alignMask }
 
 var typeCache struct {
 	sync.RWMutex
-	m map[string]*vtype
+	m map[string]*TypeInfo
 }
 
 // lookupType parses (and caches) a type string that must be exactly one
 // complete definite type.
-func lookupType(s string) (*vtype, error) {
+func lookupType(s string) (*TypeInfo, error) {
 	typeCache.RLock()
 	t := typeCache.m[s]
 	typeCache.RUnlock()
@@ -192,13 +199,13 @@ func lookupType(s string) (*vtype, error) {
 		return nil, err
 	}
 	if end != len(s) {
-		return nil, fmt.Errorf("type string %q is more than one type", truncate(s))
+		return nil, fmt.Errorf("type string %q is more than one type", Truncate(s))
 	}
 	s = strings.Clone(s)
 	t, _, _ = parseOne(s, 0, 1) // re-parse so every str aliases the clone, not a caller's buffer
 	typeCache.Lock()
 	if typeCache.m == nil {
-		typeCache.m = map[string]*vtype{}
+		typeCache.m = map[string]*TypeInfo{}
 	}
 	if len(typeCache.m) < 4096 { // bounded: type strings can come from untrusted data
 		typeCache.m[s] = t
@@ -209,7 +216,7 @@ func lookupType(s string) (*vtype, error) {
 
 // lookupTypeBytes is lookupType for a type string found inside data; the
 // cache hit does not allocate.
-func lookupTypeBytes(b []byte) (*vtype, error) {
+func lookupTypeBytes(b []byte) (*TypeInfo, error) {
 	typeCache.RLock()
 	t := typeCache.m[string(b)]
 	typeCache.RUnlock()
@@ -219,7 +226,9 @@ func lookupTypeBytes(b []byte) (*vtype, error) {
 	return lookupType(string(b))
 }
 
-func mustType(s string) *vtype {
+// MustType parses a constant type string once (a decoder's package-level
+// type); it panics on an invalid one.
+func MustType(s string) *TypeInfo {
 	t, err := lookupType(s)
 	if err != nil {
 		panic(err)
@@ -237,7 +246,7 @@ func ValidType(s string) error {
 // value is not usable; make one with NewVariant. Methods check the framing
 // they read and fail with a *VariantError; Normal checks everything.
 type Variant struct {
-	t     *vtype
+	t     *TypeInfo
 	b     []byte
 	depth int
 }
@@ -250,10 +259,11 @@ func NewVariant(typeString string, data []byte) (Variant, error) {
 	if err != nil {
 		return Variant{}, &VariantError{Type: typeString, Msg: err.Error()}
 	}
-	return newVariant(t, data)
+	return NewTyped(t, data)
 }
 
-func newVariant(t *vtype, data []byte) (Variant, error) {
+// NewTyped is NewVariant for a type parsed once with MustType.
+func NewTyped(t *TypeInfo, data []byte) (Variant, error) {
 	if len(data) > MaxMetadataSize {
 		return Variant{}, verr(t, "%d bytes exceeds the %d-byte metadata limit", len(data), MaxMetadataSize)
 	}
@@ -269,7 +279,7 @@ func (v Variant) Type() string { return v.t.str }
 // Data is v's serialized bytes (a sub-slice of what NewVariant was given).
 func (v Variant) Data() []byte { return v.b }
 
-func (v Variant) child(t *vtype, b []byte) Variant { return Variant{t: t, b: b, depth: v.depth + 1} }
+func (v Variant) child(t *TypeInfo, b []byte) Variant { return Variant{t: t, b: b, depth: v.depth + 1} }
 
 // offsetSize is GLib's gvs_get_offset_size: framing offsets are as wide as
 // needed to address every byte of the container.
@@ -329,9 +339,9 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// arrayFrame decodes the framing of an array of variable-size elements:
+// ArrayFrame decodes the framing of an array of variable-size elements:
 // the number of elements, where the offset table starts, and the offset width.
-func (v Variant) arrayFrame() (n, dataSize, w int, err error) {
+func (v Variant) ArrayFrame() (n, dataSize, w int, err error) {
 	size := len(v.b)
 	if size == 0 {
 		return 0, 0, 0, nil
@@ -366,7 +376,7 @@ func (v Variant) Len() (int, error) {
 			}
 			return len(v.b) / v.t.elem.fixed, nil
 		}
-		n, _, _, err := v.arrayFrame()
+		n, _, _, err := v.ArrayFrame()
 		return n, err
 	case 'm':
 		_, ok, err := v.Maybe()
@@ -401,32 +411,32 @@ func (v Variant) Index(i int) (Variant, error) {
 		}
 		return v.child(e, v.b[i*e.fixed:(i+1)*e.fixed]), nil
 	}
-	n, dataSize, w, err := v.arrayFrame()
+	n, dataSize, w, err := v.ArrayFrame()
 	if err != nil {
 		return Variant{}, err
 	}
 	if i < 0 || i >= n {
 		return Variant{}, verr(v.t, "index %d out of range [0,%d)", i, n)
 	}
-	return v.varElem(i, dataSize, w)
+	return v.VarElem(i, dataSize, w)
 }
 
-// varElem is element i of an array of variable-size elements, given its frame.
-func (v Variant) varElem(i, dataSize, w int) (Variant, error) {
+// VarElem is element i of an array of variable-size elements, given its frame.
+func (v Variant) VarElem(i, dataSize, w int) (Variant, error) {
 	start := 0
 	if i > 0 {
 		prev := readOffset(v.b[dataSize+(i-1)*w:], w)
 		start = alignUp(prev, v.t.elem.align)
 		if prev > dataSize || start > dataSize {
-			return Variant{}, inPath(verr(v.t, "element starts at %d, beyond the data end %d", start, dataSize), idxSeg(i))
+			return Variant{}, InPath(verr(v.t, "element starts at %d, beyond the data end %d", start, dataSize), idxSeg(i))
 		}
 		if !allZero(v.b[prev:start]) {
-			return Variant{}, inPath(verr(v.t, "non-zero padding before element"), idxSeg(i))
+			return Variant{}, InPath(verr(v.t, "non-zero padding before element"), idxSeg(i))
 		}
 	}
 	end := readOffset(v.b[dataSize+i*w:], w)
 	if end < start || end > dataSize {
-		return Variant{}, inPath(verr(v.t, "element spans [%d,%d), outside [%d,%d)", start, end, start, dataSize), idxSeg(i))
+		return Variant{}, InPath(verr(v.t, "element spans [%d,%d), outside [%d,%d)", start, end, start, dataSize), idxSeg(i))
 	}
 	c := v.child(v.t.elem, v.b[start:end])
 	return c, nil
@@ -454,10 +464,10 @@ func (v Variant) Fields(dst []Variant) ([]Variant, error) {
 	for i, m := range t.fields {
 		start := alignUp(off, m.align)
 		if start > optr {
-			return dst, inPath(verr(t, "member starts at %d, beyond the data end %d", start, optr), idxSeg(i))
+			return dst, InPath(verr(t, "member starts at %d, beyond the data end %d", start, optr), idxSeg(i))
 		}
 		if !allZero(b[off:start]) {
-			return dst, inPath(verr(t, "non-zero padding before member"), idxSeg(i))
+			return dst, InPath(verr(t, "non-zero padding before member"), idxSeg(i))
 		}
 		var end int
 		switch {
@@ -467,14 +477,14 @@ func (v Variant) Fields(dst []Variant) ([]Variant, error) {
 			end = optr
 		default:
 			if optr-w < start {
-				return dst, inPath(verr(t, "framing offset table overlaps member data"), idxSeg(i))
+				return dst, InPath(verr(t, "framing offset table overlaps member data"), idxSeg(i))
 			}
 			optr -= w
 			nOff++
 			end = readOffset(b[optr:], w)
 		}
 		if end < start || end > optr {
-			return dst, inPath(verr(t, "member spans [%d,%d), outside [%d,%d)", start, end, start, optr), idxSeg(i))
+			return dst, InPath(verr(t, "member spans [%d,%d), outside [%d,%d)", start, end, start, optr), idxSeg(i))
 		}
 		dst = append(dst, v.child(m, b[start:end]))
 		off = end
@@ -538,7 +548,7 @@ func (v Variant) Unbox() (Variant, error) {
 		return Variant{}, verr(v.t, "content nested deeper than %d", maxDepth)
 	}
 	if ct.fixed != 0 && k != ct.fixed {
-		return Variant{}, inPath(verr(ct, "fixed-size value of %d bytes, want %d", k, ct.fixed), "<v>")
+		return Variant{}, InPath(verr(ct, "fixed-size value of %d bytes, want %d", k, ct.fixed), "<v>")
 	}
 	return v.child(ct, b[:k]), nil
 }
@@ -680,28 +690,28 @@ func (v Variant) Strings() ([]string, error) {
 	if v.t.str != "as" {
 		return nil, verr(v.t, "read as as")
 	}
-	n, dataSize, w, err := v.arrayFrame()
+	n, dataSize, w, err := v.ArrayFrame()
 	if err != nil {
 		return nil, err
 	}
 	out := make([]string, 0, n)
 	for i := 0; i < n; i++ {
-		e, err := v.varElem(i, dataSize, w)
+		e, err := v.VarElem(i, dataSize, w)
 		if err != nil {
 			return nil, err
 		}
 		s, err := e.Str()
 		if err != nil {
-			return nil, inPath(err, idxSeg(i))
+			return nil, InPath(err, idxSeg(i))
 		}
 		out = append(out, s)
 	}
 	return out, nil
 }
 
-// checksum reads an "ay" that must hold a 32-byte binary SHA-256.
-func (v Variant) checksum() (Checksum, error) {
-	var c Checksum
+// Checksum reads an "ay" that must hold a 32-byte binary SHA-256.
+func (v Variant) Checksum() ([32]byte, error) {
+	var c [32]byte
 	b, err := v.ByteArray()
 	if err != nil {
 		return c, err
@@ -762,13 +772,13 @@ func (v Variant) Normal() error {
 		if err != nil {
 			return err
 		}
-		return inPath(c.Normal(), "<v>")
+		return InPath(c.Normal(), "<v>")
 	case 'm':
 		c, ok, err := v.Maybe()
 		if err != nil || !ok {
 			return err
 		}
-		return inPath(c.Normal(), "<m>")
+		return InPath(c.Normal(), "<m>")
 	case 'a':
 		e := v.t.elem
 		if e.fixed != 0 {
@@ -781,22 +791,22 @@ func (v Variant) Normal() error {
 			}
 			for i := 0; i < n; i++ {
 				if err := v.child(e, v.b[i*e.fixed:(i+1)*e.fixed]).Normal(); err != nil {
-					return inPath(err, idxSeg(i))
+					return InPath(err, idxSeg(i))
 				}
 			}
 			return nil
 		}
-		n, dataSize, w, err := v.arrayFrame()
+		n, dataSize, w, err := v.ArrayFrame()
 		if err != nil {
 			return err
 		}
 		for i := 0; i < n; i++ {
-			c, err := v.varElem(i, dataSize, w)
+			c, err := v.VarElem(i, dataSize, w)
 			if err != nil {
 				return err
 			}
 			if err := c.Normal(); err != nil {
-				return inPath(err, idxSeg(i))
+				return InPath(err, idxSeg(i))
 			}
 		}
 		return nil
@@ -808,7 +818,7 @@ func (v Variant) Normal() error {
 		}
 		for i, c := range f {
 			if err := c.Normal(); err != nil {
-				return inPath(err, idxSeg(i))
+				return InPath(err, idxSeg(i))
 			}
 		}
 		return nil
@@ -825,23 +835,23 @@ type VariantEntry struct {
 	Value []byte
 }
 
-var typeVardict = mustType("a{sv}")
+var typeVardict = MustType("a{sv}")
 
 // DecodeVardict decodes an a{sv} dictionary in normal form, in file order.
 // Keys must be unique (GLib's lookup would silently pick one). Values alias b.
 func DecodeVardict(b []byte) ([]VariantEntry, error) {
-	v, err := newVariant(typeVardict, b)
+	v, err := NewTyped(typeVardict, b)
 	if err != nil {
 		return nil, err
 	}
 	if err := v.Normal(); err != nil {
 		return nil, err
 	}
-	return vardictEntries(v)
+	return VardictEntries(v)
 }
 
-// vardictEntries lists the entries of an a{sv} view already checked by Normal.
-func vardictEntries(v Variant) ([]VariantEntry, error) {
+// VardictEntries lists the entries of an a{sv} view already checked by Normal.
+func VardictEntries(v Variant) ([]VariantEntry, error) {
 	n, err := v.Len()
 	if err != nil {
 		return nil, err
@@ -856,19 +866,19 @@ func vardictEntries(v Variant) ([]VariantEntry, error) {
 		var buf [2]Variant
 		f, err := e.Fields(buf[:0])
 		if err != nil {
-			return nil, inPath(err, idxSeg(i))
+			return nil, InPath(err, idxSeg(i))
 		}
 		key, err := f[0].Str()
 		if err != nil {
-			return nil, inPath(inPath(err, "[0]"), idxSeg(i))
+			return nil, InPath(InPath(err, "[0]"), idxSeg(i))
 		}
 		if seen[key] {
-			return nil, inPath(verr(v.t, "duplicate key %q", truncate(key)), idxSeg(i))
+			return nil, InPath(verr(v.t, "duplicate key %q", Truncate(key)), idxSeg(i))
 		}
 		seen[key] = true
 		val, err := f[1].Unbox()
 		if err != nil {
-			return nil, inPath(inPath(err, "[1]"), idxSeg(i))
+			return nil, InPath(InPath(err, "[1]"), idxSeg(i))
 		}
 		out = append(out, VariantEntry{Key: key, Type: val.t.str, Value: val.b})
 	}
@@ -979,4 +989,44 @@ func EncodeBool(b bool) []byte {
 		return []byte{1}
 	}
 	return []byte{0}
+}
+
+// EncodeArray serializes an array of variable-size, 1-aligned elements
+// (each already serialized), e.g. "as" or "a(say)".
+func EncodeArray(elems [][]byte) []byte {
+	var out []byte
+	ends := make([]int, 0, len(elems))
+	for _, e := range elems {
+		out = append(out, e...)
+		ends = append(ends, len(out))
+	}
+	return appendOffsets(out, ends)
+}
+
+// EncodeTuple serializes a tuple of variable-size, 1-aligned members (each
+// already serialized), e.g. "(say)": the end of every member but the last
+// is framed, in reverse order, after the body.
+func EncodeTuple(parts ...[]byte) []byte {
+	var body []byte
+	var offs []int
+	for i, p := range parts {
+		body = append(body, p...)
+		if i < len(parts)-1 {
+			offs = append(offs, len(body))
+		}
+	}
+	w := offsetSize(totalSize(len(body), len(offs)))
+	for i := len(offs) - 1; i >= 0; i-- {
+		body = appendLE(body, offs[i], w)
+	}
+	return body
+}
+
+// Truncate shortens an untrusted string quoted in an error message to 80
+// bytes (ostree's messages use it too).
+func Truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }

@@ -1,4 +1,4 @@
-package prune
+package ostree
 
 import (
 	"crypto/sha256"
@@ -7,17 +7,15 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-
-	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 )
 
-func csum(s string) ostree.Checksum { return sha256.Sum256([]byte(s)) }
+func csum(s string) Checksum { return sha256.Sum256([]byte(s)) }
 
-func dep(os, c string, serial int) *ostree.Deployment {
-	return &ostree.Deployment{OSName: os, Checksum: csum(c), Serial: serial}
+func dep(os, c string, serial int) *Deployment {
+	return &Deployment{OSName: os, Checksum: csum(c), Serial: serial}
 }
 
-func names(ds []*ostree.Deployment) []string {
+func names(ds []*Deployment) []string {
 	var out []string
 	for _, d := range ds {
 		out = append(out, d.String())
@@ -27,12 +25,12 @@ func names(ds []*ostree.Deployment) []string {
 
 // stagedSysroot builds the in-memory model LoadSysroot would return: staged
 // first, then the bootloader entries.
-func stagedSysroot(staged *ostree.Deployment, merge *ostree.Deployment, booted *ostree.Deployment, rest ...*ostree.Deployment) *ostree.Sysroot {
-	s := &ostree.Sysroot{Booted: booted}
+func stagedSysroot(staged *Deployment, merge *Deployment, booted *Deployment, rest ...*Deployment) *Sysroot {
+	s := &Sysroot{Booted: booted}
 	if staged != nil {
 		staged.Staged = true
 		s.Staged = staged
-		s.StagedState = &ostree.StagedState{Target: staged.ID()}
+		s.StagedState = &StagedState{Target: staged.ID()}
 		if merge != nil {
 			id := merge.ID()
 			s.StagedState.Merge = &id
@@ -60,7 +58,7 @@ func TestPredictDeployments(t *testing.T) {
 
 	for _, tc := range []struct {
 		name    string
-		s       *ostree.Sysroot
+		s       *Sysroot
 		opts    PredictOptions
 		want    []string
 		wantErr error
@@ -79,7 +77,7 @@ func TestPredictDeployments(t *testing.T) {
 			PredictOptions{}, []string{booted.String(), rollback.String()}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := PredictDeploymentsWith(tc.s, tc.opts)
+			got, err := PredictDeployments(tc.s, tc.opts)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -99,30 +97,30 @@ func TestPredictDeployments(t *testing.T) {
 	s := stagedSysroot(dep("os", "new", 0), rollback, booted, pending, booted, rollback)
 	orig := *s.StagedState
 	s.StagedState.Merge = nil
-	got, err := PredictDeploymentsWith(s, PredictOptions{State: &orig})
+	got, err := PredictDeployments(s, PredictOptions{State: &orig})
 	if err != nil || len(got) != 3 || !got[2].Same(rollback) {
 		t.Errorf("with the original state: %q, %v", names(got), err)
 	}
 	other2 := orig
 	other2.Target = dep("os", "elsewhere", 0).ID()
-	if _, err := PredictDeploymentsWith(s, PredictOptions{State: &other2}); !errors.Is(err, ostree.ErrCorrupt) {
+	if _, err := PredictDeployments(s, PredictOptions{State: &other2}); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("state for another target: %v", err)
 	}
 
 	// Locked: nothing is finalized.
 	s = stagedSysroot(dep("os", "new", 0), booted, booted, booted, rollback)
 	s.StagedLocked = true
-	if got, _ := PredictDeployments(s); !slices.Equal(names(got), []string{booted.String(), rollback.String()}) {
+	if got, _ := PredictDeployments(s, PredictOptions{}); !slices.Equal(names(got), []string{booted.String(), rollback.String()}) {
 		t.Errorf("locked: %q", names(got))
 	}
-	if got, _ := PredictDeploymentsWith(s, PredictOptions{IgnoreLock: true}); len(got) != 2 || !got[0].Same(s.Staged) {
+	if got, _ := PredictDeployments(s, PredictOptions{IgnoreLock: true}); len(got) != 2 || !got[0].Same(s.Staged) {
 		t.Errorf("locked, ignored: %q", names(got))
 	}
 
 	// A merge deployment that is not deployed: ostree fails, so do we.
 	s = stagedSysroot(dep("os", "new", 0), booted, booted, rollback)
 	s.Deployments = s.Deployments[:1]
-	if _, err := PredictDeployments(s); !errors.Is(err, ErrMergeNotFound) || !errors.Is(err, ostree.ErrNotFound) {
+	if _, err := PredictDeployments(s, PredictOptions{}); !errors.Is(err, ErrMergeNotFound) || !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing merge: %v", err)
 	}
 	// Inputs are not modified.
@@ -181,18 +179,18 @@ func TestPostFinalizeRoots(t *testing.T) {
 	writeRef(t, repo, "refs/heads/ostree/0/0/1", csum("rollback").String())
 	writeRef(t, repo, "refs/heads/ostree/1/0/5", csum("stray").String())
 
-	want := func(cs ...string) []ostree.ObjectName {
-		var out []ostree.ObjectName
+	want := func(cs ...string) []ObjectName {
+		var out []ObjectName
 		for _, c := range cs {
-			out = append(out, ostree.ObjectName{Checksum: csum(c), Type: ostree.ObjCommit})
+			out = append(out, ObjectName{Checksum: csum(c), Type: ObjCommit})
 		}
-		slices.SortFunc(out, compareNames)
+		slices.SortFunc(out, CompareObjectNames)
 		return out
 	}
 
 	s := stagedSysroot(staged, booted, booted, booted, rollback)
-	s.Repo = &ostree.Repo{Path: repo}
-	ds, err := PredictDeployments(s)
+	s.Repo = &Repo{Path: repo}
+	ds, err := PredictDeployments(s, PredictOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +207,7 @@ func TestPostFinalizeRoots(t *testing.T) {
 	// Nothing staged: cleanup at the current (0,0) regenerates ostree/0/0/*
 	// and deletes the other prefixes.
 	s = stagedSysroot(nil, nil, booted, booted, rollback)
-	s.Repo = &ostree.Repo{Path: repo}
+	s.Repo = &Repo{Path: repo}
 	got, err = PostFinalizeRoots(s, s.Deployments)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +216,7 @@ func TestPostFinalizeRoots(t *testing.T) {
 		t.Errorf("current roots:\n%v\nwant\n%v", got, w)
 	}
 
-	if _, err := PostFinalizeRoots(&ostree.Sysroot{Repo: &ostree.Repo{Path: filepath.Join(repo, "missing")}}, nil); err == nil {
+	if _, err := PostFinalizeRoots(&Sysroot{Repo: &Repo{Path: filepath.Join(repo, "missing")}}, nil); err == nil {
 		t.Error("no error for a repository without refs")
 	}
 }

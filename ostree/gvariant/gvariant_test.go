@@ -1,130 +1,23 @@
-package ostree
+package gvariant
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/ostree-prefinalize/ostree-prefinalize/test/harness"
+	"github.com/ostree-prefinalize/ostree-prefinalize/ostree/gvariant/gvarianttest"
 )
-
-// glibOracle drives testdata/glibvariant.py: GLib's own GVariant reader and
-// writer through python3-gi (Debian package python3-gi), the reference we
-// check our decoder and encoder against.
-type glibOracle struct {
-	in  io.WriteCloser
-	out *bufio.Reader
-}
-
-const systemPython = "/usr/bin/python3" // python3-gi installs into the system python only
-
-// requireGLib starts the oracle. Like harness.RequireOstree it skips when
-// the end-to-end switch is off and fails when it is on and GLib's python
-// bindings are missing.
-func requireGLib(t testing.TB) *glibOracle {
-	t.Helper()
-	harness.RequireOstree(t)
-	if out, err := exec.Command(systemPython, "-c", "from gi.repository import GLib").CombinedOutput(); err != nil {
-		t.Fatalf("%s=1 but %s cannot import GLib (install python3-gi): %v: %s", harness.E2EEnv, systemPython, err, out)
-	}
-	cmd := exec.Command(systemPython, filepath.Join("testdata", "glibvariant.py"))
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		in.Close()
-		_ = cmd.Wait()
-	})
-	return &glibOracle{in: in, out: bufio.NewReader(out)}
-}
-
-func (g *glibOracle) call(t testing.TB, req map[string]any) map[string]any {
-	t.Helper()
-	b, err := json.Marshal(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g.in.Write(append(b, '\n')); err != nil {
-		t.Fatal(err)
-	}
-	line, err := g.out.ReadBytes('\n')
-	if err != nil {
-		t.Fatalf("glib oracle: %v", err)
-	}
-	var resp map[string]any
-	if err := json.Unmarshal(line, &resp); err != nil {
-		t.Fatalf("glib oracle reply %q: %v", line, err)
-	}
-	if e, ok := resp["error"]; ok {
-		t.Fatalf("glib oracle on %s: %v", b, e)
-	}
-	return resp
-}
-
-// serialize has GLib parse text as a value of type typ and returns its bytes.
-func (g *glibOracle) serialize(t testing.TB, typ, text string) []byte {
-	t.Helper()
-	b, err := hex.DecodeString(g.call(t, map[string]any{"op": "parse", "type": typ, "text": text})["hex"].(string))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// read has GLib read data as typ: its printed form and whether it is normal.
-func (g *glibOracle) read(t testing.TB, typ string, data []byte) (string, bool) {
-	t.Helper()
-	r := g.call(t, map[string]any{"op": "read", "type": typ, "hex": hex.EncodeToString(data)})
-	return r["print"].(string), r["normal"].(bool)
-}
-
-// vardict has GLib's g_variant_builder build an a{sv} from [key, type, text] triples.
-func (g *glibOracle) vardict(t testing.TB, entries [][3]string) []byte {
-	t.Helper()
-	b, err := hex.DecodeString(g.call(t, map[string]any{"op": "vardict", "entries": entries})["hex"].(string))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 func readTestdata(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return gvarianttest.ReadFile(t, filepath.Join("..", "testdata", name))
 }
 
 func wantCorrupt(t *testing.T, err error, substr string) {
 	t.Helper()
-	if err == nil {
-		t.Fatalf("want an error containing %q, got nil", substr)
-	}
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("error %q does not wrap ErrCorrupt", err)
-	}
-	if !strings.Contains(err.Error(), substr) {
-		t.Fatalf("error %q does not mention %q", err, substr)
-	}
+	gvarianttest.WantIs(t, err, ErrCorrupt, substr)
 }
 
 func TestParseType(t *testing.T) {
@@ -323,7 +216,7 @@ func TestEncodeVardictRoundTrip(t *testing.T) {
 // 4-byte framing offsets) with GLib and with EncodeVardict from the same
 // entries, and requires identical bytes, and that GLib reads ours as normal.
 func TestEncodeMatchesGLib(t *testing.T) {
-	g := requireGLib(t)
+	g := gvarianttest.RequireGLib(t)
 	big := strings.Repeat("x", 300)
 	huge := strings.Repeat("y", 70000)
 	cases := [][][3]string{
@@ -335,10 +228,10 @@ func TestEncodeMatchesGLib(t *testing.T) {
 		{{"y", "y", "byte 3"}, {"ay", "ay", "[byte 1, 2, 3]"}, {"v", "v", "<<'nested'>>"}, {"d", "d", "1.5"}, {"o", "o", "'/a/b'"}, {"g", "g", "'a{sv}'"}},
 	}
 	for i, c := range cases {
-		want := g.vardict(t, c)
+		want := g.Vardict(t, c)
 		var entries []VariantEntry
 		for _, e := range c {
-			entries = append(entries, VariantEntry{Key: e[0], Type: e[1], Value: g.serialize(t, e[1], e[2])})
+			entries = append(entries, VariantEntry{Key: e[0], Type: e[1], Value: g.Serialize(t, e[1], e[2])})
 		}
 		got, err := EncodeVardict(entries)
 		if err != nil {
@@ -347,7 +240,7 @@ func TestEncodeMatchesGLib(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("case %d: ours %x\nglib %x", i, got, want)
 		}
-		if _, normal := g.read(t, "a{sv}", got); !normal {
+		if _, normal := g.Read(t, "a{sv}", got); !normal {
 			t.Fatalf("case %d: GLib says our encoding is not normal", i)
 		}
 		back, err := DecodeVardict(want)
@@ -366,15 +259,15 @@ func TestEncodeMatchesGLib(t *testing.T) {
 // GLib's g_variant_is_normal_form: whatever GLib calls normal we accept and
 // whatever it does not we reject.
 func TestNormalAgreesWithGLib(t *testing.T) {
-	g := requireGLib(t)
-	base := g.serialize(t, "(a{sv}aya(say)sstayay)",
+	g := gvarianttest.RequireGLib(t)
+	base := g.Serialize(t, "(a{sv}aya(say)sstayay)",
 		"({'version': <'1'>, 'x': <(byte 1, uint64 2)>}, @ay [], [('r', [byte 1,2])], 'subject', 'body', uint64 7, [byte 1,2,3], @ay [])")
 	ok := 0
 	for i := range base {
 		for _, x := range []byte{0, 1, 0xff, base[i] + 1} {
 			m := bytes.Clone(base)
 			m[i] = x
-			_, glibNormal := g.read(t, "(a{sv}aya(say)sstayay)", m)
+			_, glibNormal := g.Read(t, "(a{sv}aya(say)sstayay)", m)
 			v, err := NewVariant("(a{sv}aya(say)sstayay)", m)
 			if err == nil {
 				err = v.Normal()

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/durable"
 	"github.com/ostree-prefinalize/ostree-prefinalize/ostree"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 )
@@ -173,46 +174,14 @@ func readBackup(runDir string) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
+// stateFS is the writer of the staged state, its backup copy and the
+// finalization lock (writeFileDurable); tests make one step fail.
+var stateFS = durable.Real()
+
 // writeFileDurable writes path whole: a temporary file beside it, fsync,
 // rename, fsync of the directory (so the rename itself is durable).
 func writeFileDurable(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return stateFS.WriteFile(path, uint32(mode.Perm()), durable.Full, durable.Bytes(data))
 }
 
 // lostTakeover says why the staged state on disk may be a takeover of ours

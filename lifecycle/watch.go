@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ostree-prefinalize/ostree-prefinalize/etcmerge"
+	"github.com/ostree-prefinalize/ostree-prefinalize/internal/lockwait"
 	"github.com/ostree-prefinalize/ostree-prefinalize/store"
 	"github.com/ostree-prefinalize/ostree-prefinalize/watch"
 )
@@ -250,26 +251,16 @@ func lifecycleLock(ctx context.Context, runDir string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
+	if err := lockwait.Poll(ctx, 50*time.Millisecond, func() (bool, error) {
+		return lockwait.TryFlock(int(f.Fd()), unix.LOCK_EX)
+	}); err != nil {
+		f.Close()
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return nil, fmt.Errorf("waiting for another ostree-prefinalize step: %w", err)
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for another ostree-prefinalize step: %w", ctx.Err())
-		case <-time.After(wait):
-		}
-		if wait *= 2; wait > 50*time.Millisecond {
-			wait = 50 * time.Millisecond
-		}
+		return nil, err
 	}
+	return func() { f.Close() }, nil
 }
 
 // Refresh brings the staged etc up to date with the booted etc: every path

@@ -13,7 +13,12 @@ set -eu
 suite=${1:?usage: build.sh SUITE [DIR]}
 base=${OSTREE_PREFINALIZE_ROOTS:-/var/cache/ostree-prefinalize/roots}
 dir=${2:-$base/$suite}
-if [ -e "$dir/.complete" ]; then
+# ostree-boot carries ostree-finalize-staged.service (Debian splits it from
+# ostree), which the systemd boot tests run.
+pkgs=ostree,ostree-boot,bubblewrap,systemd,systemd-sysv,dbus,udev,e2fsprogs,attr
+# .complete holds the package list the root was built with: a root built
+# with another list is rebuilt.
+if [ -e "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "$pkgs" ]; then
 	exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -40,7 +45,6 @@ fi
 command -v debootstrap >/dev/null || {
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
 }
-pkgs=ostree,bubblewrap,systemd,systemd-sysv,dbus,udev,e2fsprogs,attr
 tmp="$dir.tmp"
 rm -rf "$tmp"
 mkdir -p "$(dirname "$dir")"
@@ -55,6 +59,6 @@ if ! debootstrap --variant=minbase --include="$pkgs" "$suite" "$tmp" "$mirror" $
 fi
 rm -f "$tmp.log"
 chroot "$tmp" ostree --version >"$tmp/.ostree-version"
-touch "$tmp/.complete"
+echo "$pkgs" >"$tmp/.complete"
 rm -rf "$dir"
 mv "$tmp" "$dir"

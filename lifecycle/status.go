@@ -152,19 +152,15 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		s.Prune.Reason = s.Etc.Reason
 	case s.Staged != nil && !sameID(snap.state.Staged, idOf(snap.sys.Staged)):
 		s.Etc.Reason = "not precomputed for this staged deployment (stage has not run)"
-	case s.Staged == nil && snap.state.Staged != nil && snap.sys.Booted != nil:
+	case s.Staged == nil && snap.state.Staged != nil && snap.sys.Booted != nil && sameID(snap.state.Staged, idOf(snap.sys.Booted)):
 		// /run outlives a soft reboot (ostree 2025.3 prepare-soft-reboot):
-		// the state of the deployment staged before it is stale, and so
-		// it is whenever what it was for is no longer staged. Only a
-		// booted sysroot can tell: ostree (and ostree.Load) reads the
-		// staged state only when booted, so elsewhere (--sysroot of a
-		// sysroot that is not the running one) the state is reported as
-		// recorded.
+		// the deployment the state was recorded for is now the booted
+		// one, so the state is stale. Any other "no longer staged" (ostree
+		// finalized or failed to, in this boot; --sysroot of a sysroot
+		// that is not booted, whose staged state ostree does not read) is
+		// reported as recorded: post's verdict is what people need then.
 		old := snap.state.Staged
-		s.Etc.Reason = fmt.Sprintf("stale runtime state: %s %s.%d is no longer staged", old.OSName, old.Checksum, old.Serial)
-		if b := snap.sys.Booted; b != nil && sameID(old, idOf(b)) {
-			s.Etc.Reason += " but booted (a soft reboot keeps /run)"
-		}
+		s.Etc.Reason = fmt.Sprintf("stale runtime state: %s %s.%d is no longer staged but booted (a soft reboot keeps /run)", old.OSName, old.Checksum, old.Serial)
 		s.Prune.Reason = s.Etc.Reason
 		history = true
 	default:

@@ -1,5 +1,8 @@
 package ostree
 
+// Longer than 500 lines on purpose: the repository reader's cross-checks
+// against the ostree command, one fixture for all repository modes.
+
 import (
 	"bytes"
 	"errors"

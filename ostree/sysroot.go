@@ -1,5 +1,9 @@
 package ostree
 
+// Longer than 500 lines on purpose: one port of ostree_sysroot_load
+// (bootversion, BLS entries, booted and staged deployments); its steps
+// share the loader's state.
+
 import (
 	"errors"
 	"fmt"

@@ -1,5 +1,10 @@
 package prune
 
+// Longer than 500 lines on purpose: the image store's GC rules (which
+// images and layers the update daemons remove) are one decision read from
+// ostree-rs-ext as a whole; split, the reader would have to follow its
+// steps across files.
+
 import (
 	"bytes"
 	"context"

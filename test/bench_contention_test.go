@@ -1,5 +1,8 @@
 package test
 
+// Longer than 500 lines on purpose: one benchmark: its load generators,
+// measurement and table belong together.
+
 // The contention benchmark of `make bench BENCH_ONLY=contention` (issue 15):
 // what our I/O does to the host's workload. On the prune workload of
 // TestPruneBench, with a writer that keeps about 2 GB of dirty page cache on

@@ -1,5 +1,8 @@
 package test
 
+// Longer than 500 lines on purpose: one benchmark (the prune workload, ours
+// beside ostree) with its workload builder.
+
 import (
 	"bufio"
 	"bytes"

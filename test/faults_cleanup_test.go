@@ -1,5 +1,9 @@
 package test
 
+// Longer than 500 lines on purpose: the cleanup fault tests share one
+// fixture (a planned sysroot and its oracle copy); each test is a scenario
+// of it.
+
 // Faults, races and hostile conditions on the deletion side (issue 7):
 // SIGKILL at random points of `cleanup`, injected I/O errors in every
 // delete and write path, a concurrent `ostree commit` / `ostree pull-local`,

@@ -1,5 +1,8 @@
 package test
 
+// Longer than 500 lines on purpose: the /etc fault tests share one fixture
+// (faultEtcEnv) and its ostree oracle.
+
 // Faults on the /etc side (issue 7): SIGKILL at random points of `stage`,
 // of a watcher batch and of `finalize --pre`, and an injected I/O error at
 // every position of every write path (the function-field etcmerge.FS) of

@@ -1,5 +1,8 @@
 package test
 
+// Longer than 500 lines on purpose: one table of hostile inputs a test,
+// sharing the fixture that feeds them.
+
 // Hostile input (issue 7): a state directory that is a symlink or writable
 // by others, an oversized staged state, a corrupt or truncated runtime
 // store and persisted plan, a plan whose file suffix walks out of the

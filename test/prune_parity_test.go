@@ -1,5 +1,8 @@
 package test
 
+// Longer than 500 lines on purpose: one scenario a test, all on the same
+// parity fixture against ostree admin cleanup.
+
 // Parity of the mock prune with the real ostree 2022.7: for each scenario a
 // sysroot is built and booted with the harness, an update is staged with
 // the real `ostree admin deploy --stage`, and the booted machine is forked.

@@ -1,5 +1,8 @@
 package test
 
+// Longer than 500 lines on purpose: the watcher's end-to-end scenarios
+// share one fixture (watchEnv).
+
 // The `watch` command against the real ostree 2022.7. Each scenario boots a
 // machine, stages an update with the real `ostree admin deploy --stage`,
 // forks the machine (the fork finalizes with ostree alone), runs our

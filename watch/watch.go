@@ -27,6 +27,11 @@
 // exponential backoff.
 package watch
 
+// Longer than 500 lines on purpose: the watcher's fd-based watch set and
+// its event loop share one set of invariants (a watch only on a directory
+// opened beneath its parent without symlinks); the raw inotify calls are in
+// inotify.go.
+
 import (
 	"context"
 	"errors"

@@ -17,6 +17,10 @@
 // ostree.EncodeVardict, ...); ostree.ErrCorrupt is this package's ErrCorrupt.
 package gvariant
 
+// Longer than 500 lines on purpose: one codec: the reader of every GVariant
+// type ostree writes and the a{sv} writer share the alignment and framing
+// rules.
+
 import (
 	"encoding/binary"
 	"errors"

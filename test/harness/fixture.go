@@ -1,5 +1,8 @@
 package harness
 
+// Longer than 500 lines on purpose: the sysroot fixture: one type (Sysroot)
+// with the ostree commands that build it.
+
 import (
 	"bytes"
 	"context"

@@ -1,5 +1,8 @@
 package harness
 
+// Longer than 500 lines on purpose: one harness mode: the boot image and
+// the systemd-nspawn machine that boots it.
+
 // Booting a real ostree deployment under systemd-nspawn: the container's
 // PID 1 is the deployment's own systemd, /sysroot, /boot and /var are bound
 // from the sysroot, and /run/ostree-booted is made by a tmpfiles.d entry, so

@@ -417,26 +417,7 @@ func checkRel(rel string) error {
 // or a non-directory among the parents is ErrUnsafe: ostree would follow
 // it (or fail), we do less.
 func (t *target) lstat(rel string) (st unix.Stat_t, ok bool, err error) {
-	if rel == "" {
-		err = unix.Fstat(int(t.root.Fd()), &st)
-		return st, err == nil, err
-	}
-	d, name, err := t.parent(rel)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return st, false, nil
-		}
-		return st, false, err
-	}
-	defer d.Close()
-	err = unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if err == unix.ENOENT {
-		return st, false, nil
-	}
-	if err != nil {
-		return st, false, &os.PathError{Op: "lstat", Path: t.name(rel), Err: err}
-	}
-	return st, true, nil
+	return t.lstatBelow(rel, false)
 }
 
 func splitRel(rel string) (dir, name string) {

@@ -166,15 +166,25 @@ func (t *tree) parent(rel string) (*os.File, string, error) {
 // exist or a parent is not a directory (for our walks: not there); a
 // symlink among the parents is ErrUnsafe.
 func (t *tree) stat(rel string) (st unix.Stat_t, ok bool, err error) {
+	if rel != "" {
+		if err := t.checkLen(rel); err != nil {
+			return st, false, err
+		}
+	}
+	return t.lstatBelow(rel, true)
+}
+
+// lstatBelow is fstatat(AT_SYMLINK_NOFOLLOW) of rel in its parent opened
+// without symlinks; ok is false when rel does not exist. A non-directory
+// among the parents reads as "not there" when notDirMissing, else it is
+// an error (ErrUnsafe from the open: ostree would fail or follow there).
+func (t *tree) lstatBelow(rel string, notDirMissing bool) (st unix.Stat_t, ok bool, err error) {
 	if rel == "" {
 		err = unix.Fstat(int(t.root.Fd()), &st)
 		return st, err == nil, err
 	}
-	if err := t.checkLen(rel); err != nil {
-		return st, false, err
-	}
 	d, name, err := t.parent(rel)
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+	if errors.Is(err, os.ErrNotExist) || (notDirMissing && errors.Is(err, unix.ENOTDIR)) {
 		return st, false, nil
 	}
 	if err != nil {
